@@ -1,0 +1,39 @@
+# The whole set-up on a fresh machine is one of these two commands:
+#   make demo   -> create .venv, install the framework and first-party plugins, run the offline demo
+#   make test   -> same install, run the test suite and build the docs strictly
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# CPU wheel that exists on every machine here; a looser pin pulls CUDA packages.
+TORCH_PIN ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test bench docs clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) pyproject.toml plugins/tae-iti/pyproject.toml plugins/tae-caa/pyproject.toml
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_PIN)"
+	$(PIP) install -q -e ".[dev]" -e plugins/tae-iti -e plugins/tae-caa
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/tae demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
+bench: $(STAMP)
+	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-only
+
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs serve
+
+clean:
+	rm -rf $(VENV) site .pytest_cache

@@ -1,0 +1,97 @@
+"""Pydantic configuration models.
+
+Every component has one frozen, ``extra="forbid"`` config class derived from
+:class:`ComponentConfig`, so a misspelled key is an error, never a silent default.
+A :class:`PipelineConfig` holds one :class:`ComponentSpec` (``{type, config}``) per
+role; it is validated in two steps: the shape here, then each named component's own
+config when the pipeline is built from a registry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+__all__ = [
+    "ComponentConfig",
+    "ComponentSpec",
+    "PipelineConfig",
+    "ROLES",
+    "format_validation_error",
+]
+
+#: The pipeline roles, in data-path order.
+ROLES: tuple[str, ...] = ("source", "aggregator", "prober", "estimator", "intervener")
+
+
+class ComponentConfig(BaseModel):
+    """Base class of every component's config: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class ComponentSpec(BaseModel):
+    """One role's choice of component: its registry name and its config."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: str = Field(description="Registry name of the component, e.g. `mig` or `logistic`.")
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments validated by the component's Config."
+    )
+
+
+def _spec(type_: str, **config: Any) -> ComponentSpec:
+    return ComponentSpec(type=type_, config=config)
+
+
+class PipelineConfig(BaseModel):
+    """A complete method: one component per role plus the global seed.
+
+    Presets (``tae``, ``iti``, ...) are named instances of this class. ``estimator``
+    may be ``None`` for methods without per-token signals (ITI, CAA).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: ComponentSpec = Field(
+        default_factory=lambda: _spec("hf"), description="Activation source (capture)."
+    )
+    aggregator: ComponentSpec = Field(description="Turns an answer's token activations into one feature.")
+    prober: ComponentSpec = Field(description="Probes heads, selects the top K, finds directions.")
+    estimator: ComponentSpec | None = Field(
+        default=None, description="Per-token misalignment signals; `None` for fixed-strength methods."
+    )
+    intervener: ComponentSpec = Field(description="Installs the edits on a live model.")
+    seed: int = Field(default=42, description="Seed for every random choice of the fit.")
+    validation_fraction: float = Field(
+        default=0.2, gt=0.0, lt=1.0,
+        description="Share of the fitting groups (questions) held out to rank heads.",
+    )
+
+    @classmethod
+    def parse(cls, data: dict[str, Any] | "PipelineConfig") -> "PipelineConfig":
+        """Validate a plain dict, raising :class:`ConfigError` with a readable message."""
+        if isinstance(data, cls):
+            return data
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, "pipeline config")) from None
+
+
+def format_validation_error(exc: ValidationError, where: str) -> str:
+    """Turn a pydantic error into one message that names each bad key and the fix."""
+    lines = [f"invalid {where}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key '{loc}': remove it or check its spelling")
+        elif err["type"] == "missing":
+            lines.append(f"  - missing key '{loc}': it is required")
+        else:
+            lines.append(f"  - '{loc}': {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)

@@ -1,0 +1,140 @@
+"""The ``ModelAdapter`` role: find the editable sites of a causal LM architecture."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..component import Component
+from ..errors import ModelMismatchError
+from ..types import ModelShape, Site
+
+__all__ = ["ModelAdapter", "model_fingerprint", "check_fingerprint"]
+
+
+class ModelAdapter(Component):
+    """Maps one architecture family to its sites.
+
+    Sites: the decoder layers, the module whose INPUT is the head-wise activation
+    (``o_proj`` in Llama-like models), the residual stream entering and leaving each
+    layer (input / output of the decoder layer), the final norm and the unembedding.
+    Adapters are stateless; :meth:`matches` decides whether an adapter handles a model.
+
+    Example:
+        An adapter for a custom model whose layers live in ``model.blocks``::
+
+            >>> from tae_framework.models.base import ModelAdapter
+            >>> from tae_framework.types import ModelShape
+            >>> class BlocksAdapter(ModelAdapter):
+            ...     name = "blocks"
+            ...     @classmethod
+            ...     def matches(cls, model):
+            ...         return hasattr(model, "blocks")
+            ...     def layers(self, model):
+            ...         return list(model.blocks)
+            ...     def head_module(self, model, layer):
+            ...         return model.blocks[layer].attn.out
+            ...     def final_norm(self, model):
+            ...         return model.norm
+            ...     def unembedding(self, model):
+            ...         return model.head
+            ...     def shape(self, model):
+            ...         c = model.config
+            ...         return ModelShape("blocks", c.n_layers, c.n_heads, c.d // c.n_heads, c.d, c.vocab)
+    """
+
+    role: ClassVar[str] = "adapter"
+    #: Higher priority adapters are tried first (family adapters above the generic one).
+    priority: ClassVar[int] = 0
+
+    @classmethod
+    @abstractmethod
+    def matches(cls, model: nn.Module) -> bool:
+        """Whether this adapter can resolve ``model``."""
+
+    @abstractmethod
+    def layers(self, model: nn.Module) -> list[nn.Module]:
+        """The decoder layers, in order."""
+
+    @abstractmethod
+    def head_module(self, model: nn.Module, layer: int) -> nn.Module:
+        """The module whose first input is the head-wise activation ``[B, T, H*d]``."""
+
+    @abstractmethod
+    def final_norm(self, model: nn.Module) -> nn.Module | None:
+        """The final normalisation before the unembedding (``None`` if absent)."""
+
+    @abstractmethod
+    def unembedding(self, model: nn.Module) -> nn.Module:
+        """The output projection to the vocabulary (``lm_head``)."""
+
+    @abstractmethod
+    def shape(self, model: nn.Module) -> ModelShape:
+        """Sizes of the model."""
+
+    def site_module(self, model: nn.Module, layer: int, site: Site) -> nn.Module:
+        """The module tapped for ``site``: its input (heads) or output (residual)."""
+        if site == "heads":
+            return self.head_module(model, layer)
+        if site == "residual":
+            return self.layers(model)[layer]
+        raise ValueError(f"unknown site {site!r}: use 'heads' or 'residual'")
+
+    def fingerprint(self, model: nn.Module) -> dict[str, Any]:
+        """Architecture fingerprint stored with fitted pipelines."""
+        return model_fingerprint(model, self)
+
+
+def model_fingerprint(model: nn.Module, adapter: ModelAdapter) -> dict[str, Any]:
+    """A JSON description of a model's architecture and shapes (not its weights)."""
+    s = adapter.shape(model)
+    cfg = getattr(model, "config", None)
+    return {
+        "model_type": getattr(cfg, "model_type", type(model).__name__),
+        "name_or_path": getattr(cfg, "_name_or_path", "") or "",
+        "adapter": adapter.name,
+        "num_layers": s.num_layers,
+        "num_heads": s.num_heads,
+        "head_dim": s.head_dim,
+        "hidden_size": s.hidden_size,
+        "vocab_size": s.vocab_size,
+    }
+
+
+def weights_digest(model: nn.Module, max_values: int = 4096) -> str:
+    """A cheap digest of a model's weights (a strided sample of every parameter)."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        if p.device.type == "meta":
+            continue
+        flat = p.detach().reshape(-1)
+        step = max(1, flat.numel() // max_values)
+        h.update(flat[::step].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+_COMPARED = ("model_type", "num_layers", "num_heads", "head_dim", "hidden_size", "vocab_size")
+
+
+def check_fingerprint(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Raise :class:`ModelMismatchError` naming every field that differs."""
+    diffs = [
+        f"{k}: fitted on {saved.get(k)!r}, this model has {current.get(k)!r}"
+        for k in _COMPARED
+        if saved.get(k) != current.get(k)
+    ]
+    if diffs:
+        raise ModelMismatchError(
+            "this pipeline was fitted on a different model ("
+            + json.dumps(saved.get("name_or_path") or saved.get("model_type"))
+            + "):\n  - "
+            + "\n  - ".join(diffs)
+            + "\nrefit the pipeline on this model"
+        )
