@@ -8,22 +8,67 @@ from __future__ import annotations
 
 from .hookspecs import hookimpl
 
+#: The ``tae`` preset: the reference configuration of Token-Aware Editing
+#: (K = 16 heads, alpha = 15, beta = 0.5, 100 bins, seed 42).
+TAE_PRESET = {
+    "source": {"type": "hf", "config": {}},
+    "aggregator": {"type": "mig", "config": {"bins": 100, "steps": 1}},
+    "prober": {
+        "type": "logistic",
+        "config": {"top_k": 16, "rank_on": "tokens", "direction": "center_of_mass"},
+    },
+    "estimator": {"type": "mai", "config": {"lens": "exact"}},
+    "intervener": {"type": "mai", "config": {"alpha": 15.0, "beta": 0.5}},
+    "seed": 42,
+}
+
 
 @hookimpl
 def tae_register_components(register):
-    pass
+    from .aggregators.mig import MIGAggregator
+    from .aggregators.simple import LastTokenAggregator, MeanAggregator
+    from .estimators.mai import TokenMisalignmentEstimator
+    from .evaluation.judges import HFJudge
+    from .interveners.adaptive import AdaptiveIntervener
+    from .interveners.fixed import FixedIntervener
+    from .organism import ORGANISM_COMPONENTS
+    from .probers.logistic import LogisticProber
+    from .sources.hf import HFActivationSource
+
+    for cls in (
+        HFActivationSource,
+        MIGAggregator,
+        MeanAggregator,
+        LastTokenAggregator,
+        LogisticProber,
+        TokenMisalignmentEstimator,
+        AdaptiveIntervener,
+        FixedIntervener,
+        HFJudge,
+        *ORGANISM_COMPONENTS,
+    ):
+        register(cls)
 
 
 @hookimpl
 def tae_register_model_adapters(register):
-    pass
+    from .models.families import BUILTIN_ADAPTERS
+
+    for cls in BUILTIN_ADAPTERS:
+        register(cls)
 
 
 @hookimpl
 def tae_register_presets(register):
-    pass
+    register("tae", TAE_PRESET)
+    register(
+        "tae-shared-lens",
+        {**TAE_PRESET, "estimator": {"type": "mai", "config": {"lens": "shared"}}},
+    )
 
 
 @hookimpl
 def tae_register_tasks(register):
-    pass
+    from .tasks.truthfulqa import make_truthfulqa_task
+
+    register("truthfulqa", make_truthfulqa_task)

@@ -116,6 +116,18 @@ class TAEPluginManager(pluggy.PluginManager):
             except Exception as exc:  # noqa: BLE001
                 self._fail(ep.name, exc, "register")
 
+    def check_plugins(self) -> None:
+        """Run pluggy's ``check_pending``; a plugin with a misspelled ``tae_`` hook
+        implementation is reported by name, unregistered and skipped."""
+        while True:
+            try:
+                self.check_pending()
+                return
+            except pluggy.PluginValidationError as exc:
+                name = self.get_name(exc.plugin) or repr(exc.plugin)
+                self.unregister(exc.plugin)
+                self._fail(name, exc, "validate (misspelled hook implementation?)")
+
     @property
     def registry(self) -> Registry:
         """The registry filled by calling every registration hook once (lazily)."""
@@ -171,7 +183,7 @@ def create_plugin_manager(
     pm.load_defaults(block)
     if autoload:
         pm.load_entry_points(block)
-    pm.check_pending()
+    pm.check_plugins()
     return pm
 
 

@@ -28,7 +28,7 @@ class SignalRuntime(ABC):
 
     @abstractmethod
     def signals(
-        self, layer: int, site_input: torch.Tensor, residual_in: torch.Tensor | None
+        self, layer: int, site_input: torch.Tensor, residual_in: torch.Tensor | None, state: dict
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Per-token signals for the targets of ``layer``.
 
@@ -37,6 +37,8 @@ class SignalRuntime(ABC):
             site_input: ``[B, T', D]`` activations at the edited positions (before the edit).
             residual_in: ``[B, T', hidden]`` residual stream entering ``layer`` at the
                 same positions, if ``layer`` is in :attr:`residual_layers`.
+            state: a dict owned by the edit session, for values shared across layers
+                within one forward pass (e.g. one logit lens reused by later layers).
 
         Returns:
             ``(p, u)``: ``p`` is ``[B, T', K_layer]`` misalignment probability per
@@ -55,7 +57,7 @@ class MisalignmentEstimator(Component):
             >>> class Half(SignalRuntime):
             ...     def __init__(self, per_layer):
             ...         self.per_layer = per_layer
-            ...     def signals(self, layer, site_input, residual_in):
+            ...     def signals(self, layer, site_input, residual_in, state):
             ...         k = self.per_layer[layer]
             ...         return site_input.new_full((*site_input.shape[:2], k), 0.5), None
             >>> class Constant(MisalignmentEstimator):

@@ -1,0 +1,206 @@
+"""TAE's token-level misalignment estimator (p) and logit-lens uncertainty (u)."""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from ..config import ComponentConfig
+from ..errors import DataError
+from ..types import EditTargets, EstimatorInputs, check_finite
+from .base import MisalignmentEstimator, SignalRuntime
+
+__all__ = ["TokenMisalignmentEstimator", "token_labels", "MAIRuntime"]
+
+
+def token_labels(false_ids: torch.Tensor, true_answers: list[torch.Tensor]) -> torch.Tensor:
+    """Label each token of a false answer: 1 if its id is absent from the matching true answer.
+
+    The matching true answer is the one whose token-id set shares the most ids with
+    the false answer's set (the first one on ties). Works on token ids only, so it is
+    independent of the tokenizer.
+    """
+    if not true_answers:
+        raise DataError("token_labels needs at least one true answer to compare the false answer with")
+    false_set = set(false_ids.tolist())
+    overlaps = [len(false_set & set(t.tolist())) for t in true_answers]
+    best = true_answers[int(np.argmax(overlaps))]  # argmax returns the first maximum
+    best_set = torch.as_tensor(sorted(set(best.tolist())), dtype=false_ids.dtype)
+    return (~torch.isin(false_ids, best_set)).long()
+
+
+class TokenMisalignmentEstimator(MisalignmentEstimator):
+    """Per-head logistic regressions predicting whether the next token is misaligned,
+    plus the logit-lens uncertainty of the residual stream entering each edited layer.
+
+    Training data: the misaligned (label 0) fitting answers of the train groups; a
+    token is misaligned when its id does not occur in the group's aligned answer that
+    overlaps it most. Features are the head activations one position earlier.
+
+    At inference the probes of all heads of a layer run as one batched product (no
+    scikit-learn in the forward pass).
+    """
+
+    name = "mai"
+
+    class Config(ComponentConfig):
+        C: float = Field(default=1.0, gt=0, description="Inverse L2 strength of the logistic regressions.")
+        max_iter: int = Field(default=1000, ge=1, description="Solver iterations per head.")
+        lens: Literal["exact", "shared", "off"] = Field(
+            default="exact",
+            description="Uncertainty u: `exact` = a logit lens on the residual stream entering every "
+            "edited layer; `shared` = one lens at the first edited layer, reused by the later ones "
+            "(cheaper); `off` = no u.",
+        )
+        gain: float | None = Field(
+            default=None, description="Logit gain of the entropy (default: the reference's constant)."
+        )
+        lens_final_norm: bool = Field(
+            default=False,
+            description="Apply the model's final norm before the lens (the reference does not).",
+        )
+        n_jobs: int = Field(default=1, description="Parallel jobs for the per-head fits (joblib).")
+
+    # -- fit -------------------------------------------------------------------------
+    def fit(self, inputs: EstimatorInputs) -> "TokenMisalignmentEstimator":
+        from sklearn.linear_model import LogisticRegression
+
+        targets = inputs.targets
+        aligned: dict[int, list[torch.Tensor]] = defaultdict(list)
+        for s in inputs.sequences:
+            if s.label == 1:
+                aligned[s.group].append(s.token_ids)
+        feats, labels, skipped = [], [], []
+        for s in inputs.sequences:
+            if s.label != 0 or s.features is None:
+                continue
+            if not aligned.get(s.group):
+                skipped.append(s.group)
+                continue
+            y = token_labels(s.token_ids, aligned[s.group])
+            if s.features.shape[0] != y.numel():
+                raise DataError(
+                    f"estimator: a sequence of group {s.group} has {y.numel()} tokens but "
+                    f"{s.features.shape[0]} feature rows"
+                )
+            feats.append(s.features.float())
+            labels.append(y)
+        if skipped:
+            warnings.warn(
+                f"estimator 'mai': {len(skipped)} misaligned answer(s) have no aligned answer in their "
+                f"group (groups {sorted(set(skipped))[:5]}...) and were skipped: their tokens cannot be labelled",
+                stacklevel=2,
+            )
+        if not feats:
+            raise DataError(
+                "estimator 'mai' cannot fit: no misaligned (label 0) training answer has an aligned "
+                "answer in its group to compare with; give each group at least one label-1 completion"
+            )
+        x = torch.cat(feats)  # [M, K, d]
+        y = torch.cat(labels).numpy()
+        check_finite(x, "estimator features")
+        if y.min() == y.max():
+            which = "no misaligned tokens" if y.max() == 0 else "only misaligned tokens"
+            raise DataError(
+                f"estimator 'mai' cannot fit: the token labels contain {which} ({len(y)} tokens); "
+                "the misaligned answers must differ from their aligned counterparts in some tokens "
+                "and share others"
+            )
+        k, d = targets.num_targets, targets.unit_dim
+
+        def fit_one(j: int) -> tuple[np.ndarray, float]:
+            clf = LogisticRegression(C=self.config.C, max_iter=self.config.max_iter, random_state=inputs.seed)
+            clf.fit(x[:, j].numpy(), y)
+            return clf.coef_[0].astype(np.float32), float(clf.intercept_[0])
+
+        if self.config.n_jobs == 1:
+            fitted = [fit_one(j) for j in range(k)]
+        else:
+            from joblib import Parallel, delayed
+
+            fitted = Parallel(n_jobs=self.config.n_jobs, prefer="threads")(delayed(fit_one)(j) for j in range(k))
+        self.coef_ = torch.from_numpy(np.stack([c for c, _ in fitted])).reshape(k, d)
+        self.intercept_ = torch.tensor([b for _, b in fitted], dtype=torch.float32)
+        self.num_tokens_ = int(len(y))
+        self.misaligned_rate_ = float(y.mean())
+        return self
+
+    # -- inference ---------------------------------------------------------------------
+    def predict_proba(self, features: torch.Tensor) -> torch.Tensor:
+        """``[..., K, d]`` head activations -> ``[..., K]`` probability of misalignment."""
+        z = torch.einsum("...kd,kd->...k", features.float(), self.coef_) + self.intercept_
+        return torch.sigmoid(z)
+
+    def bind(self, model, adapter, targets: EditTargets) -> "MAIRuntime":
+        self.check_is_fitted()
+        if self.coef_.shape != (targets.num_targets, targets.unit_dim):
+            raise DataError(
+                f"estimator weights have shape {tuple(self.coef_.shape)} but the targets need "
+                f"[{targets.num_targets}, {targets.unit_dim}]: fit the estimator on these targets"
+            )
+        return MAIRuntime(self, model, adapter, targets)
+
+
+class MAIRuntime(SignalRuntime):
+    """Device-local evaluation of p (all heads of a layer at once) and u (logit lens)."""
+
+    def __init__(self, est: TokenMisalignmentEstimator, model, adapter, targets: EditTargets):
+        from ..functional import DEFAULT_ENTROPY_GAIN
+
+        self.cfg = est.config
+        self.gain = self.cfg.gain if self.cfg.gain is not None else DEFAULT_ENTROPY_GAIN
+        self.unit_dim = targets.unit_dim
+        self.num_units = adapter.shape(model).site(targets.site).num_units
+        self.layers: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        for layer, ix in targets.by_layer().items():
+            self.layers[layer] = (targets.units[ix], est.coef_[ix], est.intercept_[ix])
+        self._cache: dict[tuple[int, torch.device], tuple[torch.Tensor, ...]] = {}
+        self.unembed = adapter.unembedding(model)
+        self.norm = adapter.final_norm(model) if self.cfg.lens_final_norm else None
+        edited = sorted(self.layers)
+        if self.cfg.lens == "exact":
+            self.residual_layers = frozenset(edited)
+        elif self.cfg.lens == "shared":
+            self.residual_layers = frozenset(edited[:1])
+        else:
+            self.residual_layers = frozenset()
+        self._first = edited[0] if edited else -1
+
+    def _weights(self, layer: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+        key = (layer, device)
+        hit = self._cache.get(key)
+        if hit is None:
+            units, w, b = self.layers[layer]
+            hit = self._cache[key] = (units.to(device), w.to(device), b.to(device))
+        return hit
+
+    def uncertainty(self, resid: torch.Tensor) -> torch.Tensor:
+        """``[B, T', hidden]`` residual stream -> ``[B, T', 1]`` normalised lens entropy."""
+        from ..functional import logit_lens_entropy
+
+        h = self.norm(resid) if self.norm is not None else resid
+        logits = self.unembed(h)
+        return logit_lens_entropy(logits, gain=self.gain).to(resid.device)[..., None]
+
+    def signals(self, layer, site_input, residual_in, state):
+        units, w, b = self._weights(layer, site_input.device)
+        bsz, t = site_input.shape[:2]
+        heads = site_input.reshape(bsz, t, self.num_units, self.unit_dim).index_select(2, units)
+        p = torch.sigmoid(torch.einsum("btkd,kd->btk", heads.float(), w) + b)
+        u = None
+        if self.cfg.lens == "exact" and residual_in is not None:
+            u = self.uncertainty(residual_in)
+        elif self.cfg.lens == "shared":
+            if layer == self._first and residual_in is not None:
+                state["shared_u"] = self.uncertainty(residual_in)
+            u = state.get("shared_u")
+            if u is not None and u.device != site_input.device:
+                u = u.to(site_input.device, non_blocking=True)
+        return p, u
+
+
