@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from ..component import Component
-from ..errors import ModelMismatchError
+from ..errors import ConfigError, ModelMismatchError
 from ..types import ModelShape, Site
 
-__all__ = ["ModelAdapter", "model_fingerprint", "check_fingerprint"]
+__all__ = ["ModelAdapter", "check_fingerprint", "model_fingerprint"]
 
 
 class ModelAdapter(Component):
@@ -84,6 +84,36 @@ class ModelAdapter(Component):
         if site == "residual":
             return self.layers(model)[layer]
         raise ValueError(f"unknown site {site!r}: use 'heads' or 'residual'")
+
+    def resolve_layers(self, model: nn.Module, layers: Any = None) -> list[int]:
+        """Validate layer indices against the model; ``None`` means every layer.
+
+        Raises:
+            ConfigError: an index is not an int, is out of ``[0, num_layers)``, or
+                repeats; the message names the valid range.
+        """
+        n = len(self.layers(model))
+        if layers is None:
+            return list(range(n))
+        if isinstance(layers, (int, str, bytes)) or not hasattr(layers, "__iter__"):
+            raise ConfigError(f"layers must be a list of layer indices (or None for all), got {layers!r}")
+        out: list[int] = []
+        for layer in layers:
+            if isinstance(layer, torch.Tensor) and layer.numel() == 1:
+                layer = layer.item()
+            if isinstance(layer, bool) or not hasattr(layer, "__index__"):
+                raise ConfigError(f"layer index {layer!r} is not an integer; valid layers are 0..{n - 1}")
+            idx = layer.__index__()
+            if not 0 <= idx < n:
+                raise ConfigError(
+                    f"layer {idx} is out of range: this model has {n} layers, valid indices are 0..{n - 1}"
+                )
+            if idx in out:
+                raise ConfigError(f"layer {idx} is listed twice in layers={list(layers)!r}")
+            out.append(idx)
+        if not out:
+            raise ConfigError(f"layers is empty: pass None for all layers or indices in 0..{n - 1}")
+        return out
 
     def fingerprint(self, model: nn.Module) -> dict[str, Any]:
         """Architecture fingerprint stored with fitted pipelines."""
