@@ -69,6 +69,6 @@ def tae_register_presets(register):
 
 @hookimpl
 def tae_register_tasks(register):
-    from .tasks.truthfulqa import make_truthfulqa_task
+    from .tasks.truthfulqa import truthfulqa_task
 
-    register("truthfulqa", make_truthfulqa_task)
+    register("truthfulqa", truthfulqa_task)

@@ -150,7 +150,7 @@ class EditSession:
         self.residual_layers = frozenset(residual_layers)
         self.record = record
         self.trace: list[tuple[int, torch.Tensor]] = []
-        self.state: dict[str, Any] = {}
+        self.state: dict[str, Any] = {"record": record}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._dense: dict[int, torch.Tensor] = {}
         self._device_cache: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -299,7 +299,7 @@ class EditSession:
         """Remove every installed handle (idempotent)."""
         while self._handles:
             self._handles.pop().remove()
-        self.state.clear()
+        self.state = {"record": self.record, "signals": self.state.get("signals", [])}
         self._device_cache.clear()
         self._span_cache.clear()
 

@@ -103,6 +103,12 @@ class AlignmentPipeline:
         for role, obj, base in checks:
             if not isinstance(obj, base):
                 raise ConfigError(f"{role} must be a {base.__name__}, got {type(obj).__name__}")
+        site = getattr(source.config, "site", "heads")
+        if prober.required_site is not None and prober.required_site != site:
+            raise ConfigError(
+                f"prober '{prober.name}' works on the {prober.required_site} site but the source captures "
+                f"'{site}': set the source config's site to '{prober.required_site}'"
+            )
         self.source, self.aggregator, self.prober = source, aggregator, prober
         self.estimator, self.intervener = estimator, intervener
         self.config = PipelineConfig(
@@ -182,7 +188,7 @@ class AlignmentPipeline:
         data = ContrastDataset.load(data, tuning)
         data.validate_for_fit()
         adapter = self._adapter(model)
-        site = self.source.config.site if hasattr(self.source.config, "site") else "heads"
+        site = getattr(self.source.config, "site", "heads")
         shape = adapter.shape(model)
         info = shape.site(site)
         labels, groups = data.labels, data.groups
@@ -365,7 +371,7 @@ class AlignmentPipeline:
         for role, comp in self._roles().items():
             t, meta = comp.get_state()
             for key, value in t.items():
-                tensors[f"{role}/{key}"] = value
+                tensors[f"{role}/{key}"] = value.clone()  # roles may share tensors (targets)
             components[role] = {
                 "type": comp.name,
                 **self.provenance.get(role, {"distribution": "unknown", "version": "unknown"}),

@@ -81,7 +81,8 @@ def test_zero_strength_edit_leaves_logits_unchanged(llama):
     ids = torch.tensor([[1, 5, 9, 13, 17]])
     with torch.no_grad():
         base = model(ids).logits
-    targets = synthetic_targets(model, adapter).with_sigmas(torch.zeros(8))
+    targets = synthetic_targets(model, adapter)
+    targets = targets.with_sigmas(torch.zeros(targets.num_targets))
     with FixedIntervener(alpha=10.0).fit(targets).install(model, adapter, "all"), torch.no_grad():
         out = model(ids).logits
     torch.testing.assert_close(out, base, atol=1e-6, rtol=0)

@@ -166,7 +166,7 @@ def test_unknown_preset_lists_known_presets(registry):
 def test_cli_lists_builtins_by_role(capsys):
     assert cli_main(["plugins"]) == 0
     out = capsys.readouterr().out
-    for name in ("mig", "logistic", "mai", "fixed", "hf", "llama"):
+    for name in ("mig", "logistic", "mai", "fixed", "hf", "generic", "gpt2"):
         assert name in out
     assert "tae-framework" in out
     assert cli_main(["plugins", "--json"]) == 0

@@ -81,6 +81,10 @@ class AdaptiveIntervener(Intervener):
 
         def modulator(layer: int, x: torch.Tensor, resid: torch.Tensor | None, state: dict[str, Any]):
             p, u = runtime.signals(layer, x, resid, state)
+            if state.get("record"):
+                state.setdefault("signals", []).append(
+                    (layer, None if p is None else p.detach(), None if u is None else u.detach())
+                )
             w = adaptive_strength(p if use_p else None, u if use_u else None, beta, use_base=use_base)
             return w.expand(x.shape[0], x.shape[1], per_layer[layer])
 

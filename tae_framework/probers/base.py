@@ -45,6 +45,8 @@ class Prober(Component):
     """
 
     role: ClassVar[str] = "prober"
+    #: The site this prober needs (``"heads"`` or ``"residual"``), or ``None`` for any.
+    required_site: ClassVar[str | None] = None
 
     @property
     def needs_token_validation(self) -> bool:

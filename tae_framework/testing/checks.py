@@ -144,13 +144,14 @@ def check_aggregator(c: GraphAggregator) -> None:
 
 
 def check_prober(c: Prober) -> None:
-    inputs = synthetic_probe_inputs()
+    units = 1 if c.required_site == "residual" else 4
+    inputs = synthetic_probe_inputs(units=units)
     p1 = type(c)(c.config)
     assert p1.fit(inputs) is p1, "fit must return self"
     t = p1.targets_
     assert isinstance(t, EditTargets), "targets_ must be EditTargets"
     assert t.unit_dim == 8 and t.directions.shape[1] == 8
-    assert p1.scores_.shape == (2, 4), "scores_ must be [L, U]"
+    assert p1.scores_.shape == (2, units), "scores_ must be [L, U]"
     p2 = type(c)(c.config).fit(inputs)
     torch.testing.assert_close(p2.targets_.directions, t.directions, msg="fit is not deterministic for a fixed seed")
     tune = torch.randn(20, t.num_targets, t.unit_dim, generator=torch.Generator().manual_seed(1))

@@ -1,0 +1,3 @@
+"""Inference-Time Intervention (ITI) baseline for tae_framework."""
+
+__version__ = "0.1.0"
