@@ -90,7 +90,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import TAEError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Forwarded commands take their own options: argparse.REMAINDER does not capture a
+    # first argument that starts with '-', so hand every unknown argument to them.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "rest"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.rest = [*extra, *args.rest]
     try:
         return args.func(args)
     except TAEError as exc:

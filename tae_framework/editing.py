@@ -238,6 +238,10 @@ class EditSession:
         if self.record and coef is not None:
             self.trace.append((layer, coef.detach()))
         if mode == "last":
+            if not (torch.is_grad_enabled() and x.requires_grad):
+                # no autograd graph holds x: edit the fresh activation in place (one kernel)
+                x[:, -1:] += delta
+                return x
             out = x.clone()
             out[:, -1:] += delta
             return out

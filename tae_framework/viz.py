@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["TokenStrengths", "trace_generation", "plot_head_scores", "plot_token_strengths", "strengths_html"]
+__all__ = ["TokenStrengths", "plot_head_scores", "plot_token_strengths", "strengths_html", "trace_generation"]
 
 
 @dataclass
@@ -34,19 +34,32 @@ class TokenStrengths:
 
 
 def trace_generation(pipeline, model, tokenizer, prompt: str, max_new_tokens: int = 30) -> TokenStrengths:
-    """Generate greedily from one prompt and record the per-token edit strengths."""
-    from .evaluation.scoring import greedy_generate
+    """Generate greedily from one prompt and record the per-token edit strengths.
 
-    holder: dict[str, Any] = {}
+    The edits are on the last position (as in :meth:`AlignmentPipeline.generate`);
+    step ``i`` of the recorded trace is the edit of the forward pass that produced
+    generated token ``i``.
+    """
+    from .evaluation.scoring import _input_device, _pad_id
 
-    def edit():
-        holder["session"] = pipeline.apply(model, "last", record=True)
-        return holder["session"]
+    ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    if not ids:
+        from .errors import DataError
 
-    ids_out: list[list[int]] = []
-    greedy_generate(model, tokenizer, [prompt], max_new_tokens=max_new_tokens, batch_size=1, edit=edit, token_ids_out=ids_out)
-    session = holder["session"]
-    new_ids = ids_out[0]
+        raise DataError("trace_generation: the prompt is empty after tokenization")
+    device = _input_device(model)
+    input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+    session = pipeline.apply(model, "last", record=True)
+    with torch.no_grad(), session:
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            do_sample=False,
+            num_beams=1,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=_pad_id(tokenizer),
+        )
+    new_ids = out[0, input_ids.shape[1] :].cpu().tolist()
     tokens = [tokenizer.decode([i]) for i in new_ids]
     layers = pipeline.targets_.edited_layers()
     n_layers = max(1, len(layers))
@@ -90,9 +103,13 @@ def plot_head_scores(scores: torch.Tensor, selected: Sequence[tuple[int, int]], 
         ly, hd = zip(*selected)
         ax.scatter(hd, ly, marker="s", s=60, facecolors="none", edgecolors="red", linewidths=1.5, label="selected")
         ax.legend(loc="upper right", fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_title(title or "probe validation accuracy per head")
+    ax.set_title(title or "probe validation accuracy per head", fontsize=9)
     fig.colorbar(im, ax=ax, label="validation accuracy")
     fig.tight_layout()
     path = Path(path)
@@ -105,6 +122,7 @@ def plot_head_scores(scores: torch.Tensor, selected: Sequence[tuple[int, int]], 
 def plot_token_strengths(trace: TokenStrengths, path: str | Path, title: str = "") -> Path:
     """Tokens as coloured boxes (strength) with p and u as bars underneath."""
     plt = _mpl()
+    import matplotlib
     from matplotlib import cm, colors
 
     n = len(trace.tokens)
@@ -112,7 +130,7 @@ def plot_token_strengths(trace: TokenStrengths, path: str | Path, title: str = "
     vmin = trace.alpha if trace.strength else 0.0
     vmax = max([vmin + 1e-6, *trace.strength])
     norm = colors.Normalize(vmin=vmin, vmax=vmax)
-    cmap = cm.get_cmap("OrRd")
+    cmap = matplotlib.colormaps["OrRd"]
     for i, (tok, s) in enumerate(zip(trace.tokens, trace.strength)):
         ax_t.text(i + 0.5, 0.5, tok.strip() or "·", ha="center", va="center", fontsize=9,
                   bbox={"facecolor": cmap(norm(s)), "edgecolor": "none", "boxstyle": "round,pad=0.2"})
