@@ -124,15 +124,18 @@ def test_residual_site_edits_the_layer_output(llama):
     d[0, 0] = 1.0
     targets = EditTargets("residual", torch.tensor([0]), torch.tensor([0]), d, torch.ones(1), torch.zeros(shape.num_layers, 1), shape.hidden_size)
     seen = []
-    h = adapter.layers(model)[0].register_forward_hook(lambda m, a, o: seen.append(o[0] if isinstance(o, tuple) else o))
+
+    def grab(module, args, kwargs):  # the residual stream entering layer 1 = layer 0's output
+        seen.append((args[0] if args else kwargs["hidden_states"]).clone())
+
+    h = adapter.layers(model)[1].register_forward_pre_hook(grab, with_kwargs=True)
     ids = torch.tensor([[1, 5, 6, 7]])
     with torch.no_grad():
         model(ids)
         with FixedIntervener(alpha=5.0).fit(targets).install(model, adapter, "all"):
-            # the observer was registered first, so it sees the unedited output; edit applied after it
-            out = model(ids, output_hidden_states=True).hidden_states[1]
+            model(ids)
     h.remove()
-    torch.testing.assert_close(out - seen[0], 5.0 * d.expand_as(out), atol=1e-5, rtol=0)
+    torch.testing.assert_close(seen[1] - seen[0], 5.0 * d.expand_as(seen[0]), atol=1e-5, rtol=0)
 
 
 def test_span_scope_requires_a_matching_mask(llama):

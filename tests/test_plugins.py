@@ -79,6 +79,23 @@ def test_entry_point_plugin_is_discovered_with_its_distribution(plugin_path):
     assert reg.preset("first-token-iti").aggregator.type == "first_token"
 
 
+def test_a_plugin_component_is_used_through_a_config(plugin_path):
+    from tae_framework import AlignmentPipeline
+    from tae_framework.testing.models import tiny_model
+
+    make_distribution(plugin_path, "tae-first-token", "tae_first_token_plugin4", GOOD_PLUGIN)
+    reg = create_plugin_manager().registry
+    model, tok = tiny_model("llama")
+    rows = [
+        {"prompt": f"Q: {c}? A:", "completion": ans, "label": lab, "group": c}
+        for c in "abcdefgh"
+        for ans, lab in ((" yes", 1), (" no no", 0))
+    ]
+    pipe = AlignmentPipeline.from_preset("first-token-iti", registry=reg).fit(model, tok, rows)
+    assert pipe.aggregator.name == "first_token" and pipe.targets_.num_targets == 2
+    assert pipe.provenance["aggregator"] == {"distribution": "tae-first-token", "version": "0.3.1"}
+
+
 def test_blocking_a_plugin_by_env_removes_its_components(plugin_path, monkeypatch):
     make_distribution(plugin_path, "tae-first-token", "tae_first_token_plugin2", GOOD_PLUGIN)
     monkeypatch.setenv(ENV_BLOCKED, "tae-first-token, something-else")

@@ -26,6 +26,18 @@ unpenalised intercept:
   near machine precision, so its probes agree with sklearn's up to sklearn's
   own tolerance.
 
+Speed (``benchmarks/test_bench_prober.py``: 1,024 units, 400 train texts, d = 128).
+One lbfgs probe is a tiny problem (~3 ms), so the sklearn path is dominated by Python
+overhead that holds the GIL: joblib threads barely help, processes (``loky``) do, in
+proportion to free cores. Each probe runs with BLAS/OpenMP limited to one thread
+(more only spin on a [n, d] problem, and on a busy machine slow it several-fold).
+On the project's shared 2-core machine (load 6-9) the medians were: serial 5.7-7.1 s,
+threads 6.4-9.3 s, loky 7.6-12 s, torch (CPU) 11-38 s; with no free core, loky's
+extra processes cannot pay off there, but it is the only backend that scales with
+cores, so it stays the default (``n_jobs=1`` for strictly serial). The torch solver
+forms d x d Hessians (~2 n d^2 flops per unit and iteration, against lbfgs's ~4 n d),
+which is wasteful on a CPU and cheap on a GPU: use it where the features are on one.
+
 Learned state is plain tensors (no sklearn objects): see :class:`LogisticProber`.
 """
 
@@ -168,8 +180,10 @@ def _shipped_by_value(fn):
     and scikit-learn, not this module with torch: faster start, ~0.3 GB less memory
     per worker. ``fn`` must use no module globals besides ``np`` and ``warnings``."""
     clone = types.FunctionType(
-        fn.__code__, {"np": np, "warnings": warnings, "__builtins__": __builtins__},
-        fn.__name__, fn.__defaults__,
+        fn.__code__,
+        {"np": np, "warnings": warnings, "__builtins__": __builtins__},
+        fn.__name__,
+        fn.__defaults__,
     )
     clone.__module__ = "__main__"
     clone.__qualname__ = fn.__qualname__
@@ -221,9 +235,7 @@ def fit_probes_sklearn(
             return _sklearn_chunk(x, y, seed, max_iter, C)
     bounds = np.linspace(0, units, min(units, 4 * workers) + 1).astype(int)
     quiet = backend != "threading"  # processes need their own filter (see _sklearn_chunk)
-    limit = (
-        threadpool_limits(limits=1) if backend == "threading" else nullcontext()
-    )
+    limit = threadpool_limits(limits=1) if backend == "threading" else nullcontext()
     with limit, warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         parts = Parallel(n_jobs=workers, backend=backend)(
@@ -361,7 +373,9 @@ def _labels(t: torch.Tensor, what: str, length: int) -> torch.Tensor:
         check_finite(t, what)
     values = t.to(torch.float64)
     if not bool(((values == 0) | (values == 1)).all()):
-        bad = sorted({float(v) for v in values[(values != 0) & (values != 1)].unique()[:5].tolist()})
+        bad = sorted(
+            {float(v) for v in values[(values != 0) & (values != 1)].unique()[:5].tolist()}
+        )
         raise DataError(f"{what} must be 0 (misaligned) or 1 (aligned), found values {bad}")
     return values.to(torch.int64).cpu()
 
@@ -385,7 +399,7 @@ def _separation(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if pos.shape[0] == 0 or neg.shape[0] == 0:
         return torch.zeros(z.shape[1], dtype=torch.float64)
     diff = (pos.mean(0) - neg.mean(0)).abs()
-    pooled = (pos.var(0, unbiased=False) * pos.shape[0] + neg.var(0, unbiased=False) * neg.shape[0])
+    pooled = pos.var(0, unbiased=False) * pos.shape[0] + neg.var(0, unbiased=False) * neg.shape[0]
     std = (pooled / z.shape[0]).sqrt()
     sep = diff / std
     sep = torch.where(std > 0, sep, torch.where(diff > 0, math.inf, 0.0))
@@ -581,8 +595,10 @@ class LogisticProber(Prober):
                     "rank_on='features'"
                 )
             return None, None
-        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 4 or tuple(tokens.shape[1:]) != tuple(
-            shape[1:]
+        if (
+            not isinstance(tokens, torch.Tensor)
+            or tokens.ndim != 4
+            or tuple(tokens.shape[1:]) != tuple(shape[1:])
         ):
             got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
             raise DataError(
@@ -608,15 +624,23 @@ class LogisticProber(Prober):
         heads = x_train.shape[0]
         if cfg.solver == "torch":
             coef, intercept, iters = fit_probes_torch(
-                x_train, y_train, max_iter=cfg.max_iter, C=cfg.C,
+                x_train,
+                y_train,
+                max_iter=cfg.max_iter,
+                C=cfg.C,
                 units_per_batch=cfg.torch_units_per_batch,
             )
             coef, intercept, iters = coef.cpu(), intercept.cpu(), iters.cpu()
         else:
             x_np = np.ascontiguousarray(x_train.detach().cpu().numpy())
             c, b, it = fit_probes_sklearn(
-                x_np, y_train.numpy(), seed=seed, max_iter=cfg.max_iter, C=cfg.C,
-                n_jobs=cfg.n_jobs, backend=cfg.parallel_backend,
+                x_np,
+                y_train.numpy(),
+                seed=seed,
+                max_iter=cfg.max_iter,
+                C=cfg.C,
+                n_jobs=cfg.n_jobs,
+                backend=cfg.parallel_backend,
             )
             coef, intercept, iters = torch.from_numpy(c), torch.from_numpy(b), torch.from_numpy(it)
         stuck = int((iters >= cfg.max_iter).sum())

@@ -71,7 +71,9 @@ def test_simple_aggregators_return_float32(dtype):
 
 def test_registry_names_and_empty_configs():
     assert (MeanAggregator.name, LastTokenAggregator.name, MIGAggregator.name) == (
-        "mean", "last_token", "mig",
+        "mean",
+        "last_token",
+        "mig",
     )
     with pytest.raises(ConfigError, match="unknown key 'bins'"):
         MeanAggregator(bins=3)
@@ -85,8 +87,10 @@ def _independent_mig(texts, bins=100, steps=1):
     rows = []
     for t in texts:
         start, end = t.span
-        layers = [mig_pool(t.acts[l, start:end].float()[None], bins=bins, steps=steps)[0]
-                  for l in range(t.acts.shape[0])]
+        layers = [
+            mig_pool(t.acts[l, start:end].float()[None], bins=bins, steps=steps)[0]
+            for l in range(t.acts.shape[0])
+        ]
         rows.append(torch.stack(layers))
     return torch.stack(rows)
 
@@ -196,13 +200,19 @@ def test_inconsistent_texts_are_errors():
     with pytest.raises(DataError, match="text 6 was captured at layers"):
         MeanAggregator().aggregate([a, other_layers])
     with pytest.raises(DataError, match=r"expected \[L, T, D\]"):
-        MeanAggregator().aggregate([TextActivations(0, torch.randn(4, 3), torch.arange(4), (0, 2), (0,))])
+        MeanAggregator().aggregate(
+            [TextActivations(0, torch.randn(4, 3), torch.arange(4), (0, 2), (0,))]
+        )
 
 
 @pytest.mark.parametrize(
     "options, key",
-    [({"bins": 1}, "bins"), ({"steps": 0}, "steps"), ({"max_tokens_per_chunk": 0}, "max_tokens_per_chunk"),
-     ({"bin": 10}, "bin")],
+    [
+        ({"bins": 1}, "bins"),
+        ({"steps": 0}, "steps"),
+        ({"max_tokens_per_chunk": 0}, "max_tokens_per_chunk"),
+        ({"bin": 10}, "bin"),
+    ],
 )
 def test_mig_config_errors(options, key):
     with pytest.raises(ConfigError, match=key):

@@ -21,7 +21,14 @@ PLANTED = {(2, 1): 2.5, (0, 3): 1.5}  # (layer, unit) -> strength of the label s
 
 
 def make_inputs(
-    planted=PLANTED, n_groups=40, per_group=4, layers=L, units=U, dim=D, seed=0, noise="normal",
+    planted=PLANTED,
+    n_groups=40,
+    per_group=4,
+    layers=L,
+    units=U,
+    dim=D,
+    seed=0,
+    noise="normal",
     tokens_per_answer=3,
 ) -> ProbeInputs:
     """Texts in groups of ``per_group`` (alternating labels); groups split 60/20/20 into
@@ -85,8 +92,12 @@ def test_accuracies_equal_sklearn_score_per_head():
     for layer in range(L):
         for unit in range(U):
             clf = _sk_probe(inputs, layer, unit)
-            feat_acc = clf.score(inputs.features[val][:, layer, unit].numpy(), inputs.labels[val].numpy())
-            tok_acc = clf.score(inputs.val_tokens[:, layer, unit].numpy(), inputs.val_token_labels.numpy())
+            feat_acc = clf.score(
+                inputs.features[val][:, layer, unit].numpy(), inputs.labels[val].numpy()
+            )
+            tok_acc = clf.score(
+                inputs.val_tokens[:, layer, unit].numpy(), inputs.val_token_labels.numpy()
+            )
             assert prober.feature_accuracy_[layer, unit].item() == pytest.approx(feat_acc, abs=1e-7)
             assert prober.token_accuracy_[layer, unit].item() == pytest.approx(tok_acc, abs=1e-7)
     assert torch.equal(prober.scores_, prober.token_accuracy_)
@@ -132,7 +143,9 @@ def test_separation_is_d_prime_of_decision_values():
     prober = LogisticProber(top_k=1, rank_on="features").fit(inputs)
     val = inputs.val_mask
     for layer, unit in [(0, 0), (1, 3), (1, 1)]:
-        z = _sk_probe(inputs, layer, unit).decision_function(inputs.features[val][:, layer, unit].numpy())
+        z = _sk_probe(inputs, layer, unit).decision_function(
+            inputs.features[val][:, layer, unit].numpy()
+        )
         y = inputs.labels[val].numpy()
         z1, z0 = z[y == 1], z[y == 0]
         pooled = np.sqrt((len(z1) * z1.var() + len(z0) * z0.var()) / len(z))
@@ -191,7 +204,9 @@ def test_torch_solver_reaches_the_sklearn_optimum(C):
     x[:4, :, 0] += 1.5 * (2 * y - 1)
     x[4] *= 30.0  # badly scaled design
     c_sk, b_sk, _ = fit_probes_sklearn(x, y, seed=0, C=C, n_jobs=1)
-    c_t, b_t, it = fit_probes_torch(torch.from_numpy(x), torch.from_numpy(y), C=C, units_per_batch=3)
+    c_t, b_t, it = fit_probes_torch(
+        torch.from_numpy(x), torch.from_numpy(y), C=C, units_per_batch=3
+    )
     f_sk, f_t = _objective(x, y, c_sk, b_sk, C), _objective(x, y, c_t.numpy(), b_t.numpy(), C)
     assert np.all(f_t <= f_sk + 1e-9)  # never worse than sklearn (which stops at tol=1e-4)
     np.testing.assert_allclose(f_t, f_sk, rtol=1e-5)
@@ -204,7 +219,9 @@ def test_parallel_sklearn_equals_serial(backend):
     # 64 units: enough to use joblib
     inputs = make_inputs(layers=8, units=8, dim=3, n_groups=15, planted={(5, 6): 3.0})
     serial = LogisticProber(top_k=3, rank_on="features", n_jobs=1).fit(inputs)
-    parallel = LogisticProber(top_k=3, rank_on="features", n_jobs=2, parallel_backend=backend).fit(inputs)
+    parallel = LogisticProber(top_k=3, rank_on="features", n_jobs=2, parallel_backend=backend).fit(
+        inputs
+    )
     for a, b in zip(serial.get_state()[0].values(), parallel.get_state()[0].values()):
         assert torch.equal(a, b)
     assert _selected(serial)[0] == (5, 6)
@@ -315,7 +332,10 @@ def test_nan_val_tokens():
 def test_empty_train_or_validation(which):
     inputs = make_inputs()
     setattr(inputs, which, torch.zeros_like(inputs.train_mask))
-    with pytest.raises(DataError, match="train set is empty" if which == "train_mask" else "validation set is empty"):
+    with pytest.raises(
+        DataError,
+        match="train set is empty" if which == "train_mask" else "validation set is empty",
+    ):
         LogisticProber(top_k=2).fit(inputs)
 
 
@@ -362,9 +382,16 @@ def test_zero_direction_names_the_head(direction):
 
 @pytest.mark.parametrize(
     "options, key",
-    [({"top_k": 0}, "top_k"), ({"rank_on": "answers"}, "rank_on"), ({"solver": "cuml"}, "solver"),
-     ({"n_jobs": 0}, "n_jobs"), ({"C": 0.0}, "C"), ({"topk": 3}, "unknown key 'topk'"),
-     ({"tie_break": "random"}, "tie_break"), ({"direction": "mean"}, "direction")],
+    [
+        ({"top_k": 0}, "top_k"),
+        ({"rank_on": "answers"}, "rank_on"),
+        ({"solver": "cuml"}, "solver"),
+        ({"n_jobs": 0}, "n_jobs"),
+        ({"C": 0.0}, "C"),
+        ({"topk": 3}, "unknown key 'topk'"),
+        ({"tie_break": "random"}, "tie_break"),
+        ({"direction": "mean"}, "direction"),
+    ],
 )
 def test_config_errors(options, key):
     with pytest.raises(ConfigError, match=key):
