@@ -33,9 +33,9 @@ class Intervener(Component):
             ...     def fit(self, targets, estimator=None):
             ...         self.targets_ = targets
             ...         return self
-            ...     def install(self, model, adapter, scope):
+            ...     def install(self, model, adapter, scope, record=False):
             ...         edits = layer_edits(self.targets_, scale=0.5 * self.targets_.sigmas)
-            ...         return EditSession(model, adapter, self.targets_.site, edits, scope)
+            ...         return EditSession(model, adapter, self.targets_.site, edits, scope, record=record)
     """
 
     role: ClassVar[str] = "intervener"
@@ -47,5 +47,10 @@ class Intervener(Component):
         """Store the targets (and the estimator, when used); return ``self``."""
 
     @abstractmethod
-    def install(self, model, adapter: "ModelAdapter", scope: "EditScope") -> "EditSession":
-        """Return a context manager that edits ``model`` within ``scope``."""
+    def install(
+        self, model, adapter: "ModelAdapter", scope: "EditScope", record: bool = False
+    ) -> "EditSession":
+        """Return a context manager that edits ``model`` within ``scope``.
+
+        ``record=True`` keeps the per-token multipliers in ``session.trace`` (figures).
+        """
