@@ -137,7 +137,8 @@ def plot_token_strengths(trace: TokenStrengths, path: str | Path, title: str = "
     ax_t.set_xlim(0, max(n, 1))
     ax_t.set_ylim(0, 1)
     ax_t.axis("off")
-    ax_t.set_title(title or f"per-token edit strength alpha*(1+w) for: {trace.prompt[-60:]!r}", fontsize=9)
+    prompt = trace.prompt if len(trace.prompt) <= 70 else "..." + trace.prompt[-67:]
+    ax_t.set_title(title or f"per-token edit strength alpha*(1+w)\nprompt: {prompt}", fontsize=9)
     x = list(range(n))
     ax_s.plot(x, trace.strength, marker="o", color="tab:red", label="alpha*(1+w)")
     ax_s.set_ylabel("edit strength")
