@@ -69,6 +69,8 @@ def tae_register_presets(register):
 
 @hookimpl
 def tae_register_tasks(register):
+    from .organism.task import organism_task
     from .tasks.truthfulqa import truthfulqa_task
 
     register("truthfulqa", truthfulqa_task)
+    register("organism", organism_task)
