@@ -193,6 +193,13 @@ class EditSession:
             raise ConfigError(f"span mask must be [batch, tokens], got shape {tuple(mask.shape)}")
         self.scope.span = mask.bool()
         self._span_cache.clear()
+        # A host-side mask gives the edited positions for free (no device sync); signals
+        # computed per position (the logit lens) then run only there.
+        for key in [k for k in self.state if isinstance(k, tuple) and k[0] == "span_positions"]:
+            del self.state[key]  # device copies of the previous mask's positions
+        self.state["span_positions"] = (
+            torch.nonzero(self.scope.span, as_tuple=True) if self.scope.span.device.type == "cpu" else None
+        )
 
     def _span_for(self, x: torch.Tensor) -> torch.Tensor:
         mask = self.scope.span
@@ -303,7 +310,11 @@ class EditSession:
         """Remove every installed handle (idempotent)."""
         while self._handles:
             self._handles.pop().remove()
-        self.state = {"record": self.record, "signals": self.state.get("signals", [])}
+        self.state = {
+            "record": self.record,
+            "signals": self.state.get("signals", []),
+            "span_positions": self.state.get("span_positions"),
+        }
         self._device_cache.clear()
         self._span_cache.clear()
 

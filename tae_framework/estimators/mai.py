@@ -179,10 +179,26 @@ class MAIRuntime(SignalRuntime):
             hit = self._cache[key] = (units.to(device), w.to(device), b.to(device))
         return hit
 
-    def uncertainty(self, resid: torch.Tensor) -> torch.Tensor:
-        """``[B, T', hidden]`` residual stream -> ``[B, T', 1]`` normalised lens entropy."""
+    def uncertainty(self, resid: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        """``[B, T', hidden]`` residual stream -> ``[B, T', 1]`` normalised lens entropy.
+
+        When the edit session knows the edited positions (``span`` scope with a host-side
+        mask), the lens runs only there; other positions get 0 (they are not edited).
+        """
         from ..functional import logit_lens_entropy
 
+        positions = (state or {}).get("span_positions")
+        if positions is not None and positions[0].numel() < resid.shape[0] * resid.shape[1]:
+            key = ("span_positions", resid.device)
+            if key not in state:
+                state[key] = tuple(p.to(resid.device, non_blocking=True) for p in positions)
+            b, t = state[key]
+            picked = resid[b, t]
+            h = self.norm(picked) if self.norm is not None else picked
+            u_pos = logit_lens_entropy(self.unembed(h), gain=self.gain).to(resid.device)
+            u = torch.zeros(resid.shape[0], resid.shape[1], 1, dtype=u_pos.dtype, device=resid.device)
+            u[b, t, 0] = u_pos
+            return u
         h = self.norm(resid) if self.norm is not None else resid
         logits = self.unembed(h)
         return logit_lens_entropy(logits, gain=self.gain).to(resid.device)[..., None]
@@ -194,10 +210,10 @@ class MAIRuntime(SignalRuntime):
         p = torch.sigmoid(torch.einsum("btkd,kd->btk", heads.float(), w) + b)
         u = None
         if self.cfg.lens == "exact" and residual_in is not None:
-            u = self.uncertainty(residual_in)
+            u = self.uncertainty(residual_in, state)
         elif self.cfg.lens == "shared":
             if layer == self._first and residual_in is not None:
-                state["shared_u"] = self.uncertainty(residual_in)
+                state["shared_u"] = self.uncertainty(residual_in, state)
             u = state.get("shared_u")
             if u is not None and u.device != site_input.device:
                 u = u.to(site_input.device, non_blocking=True)

@@ -203,3 +203,38 @@ def test_ablation_switches_change_the_multiplier(fitted, flags):
         torch.testing.assert_close(abl + 1, full)
     else:
         assert bool((abl <= full + 1e-6).all()) and not torch.allclose(abl, full)
+
+
+def test_span_scope_runs_the_lens_only_at_edited_positions(fitted):
+    pipe, model, tok = fitted
+    adapter = pipe._adapter(model)
+    runtime = pipe.estimator.bind(model, adapter, pipe.targets_)
+    resid = torch.randn(2, 7, adapter.shape(model).hidden_size)
+    mask = torch.zeros(2, 7, dtype=torch.bool)
+    mask[0, 4:6] = True
+    mask[1, 2] = True
+    full = runtime.uncertainty(resid)
+    calls = []
+    head = runtime.unembed
+    runtime.unembed = lambda h: (calls.append(h.shape[0]), head(h))[1]
+    part = runtime.uncertainty(resid, {"span_positions": mask.nonzero(as_tuple=True)})
+    assert calls == [3], "the lens must see only the 3 edited positions"
+    torch.testing.assert_close(part[mask], full[mask])
+    assert bool((part[~mask] == 0).all())
+
+    prompts, comps = ["Q: where is b? A:", "Q: where is k? A:"], [" in 1 town .", " at 4 sea ."]
+    scores = pipe.score(model, tok, prompts, comps)
+    from tae_framework.editing import EditSession
+
+    original = EditSession.set_span
+
+    def full_lens_span(self, m):  # same edit, but forget the positions: the lens runs everywhere
+        original(self, m)
+        self.state["span_positions"] = None
+
+    EditSession.set_span = full_lens_span
+    try:
+        reference = pipe.score(model, tok, prompts, comps)
+    finally:
+        EditSession.set_span = original
+    torch.testing.assert_close(scores, reference)
