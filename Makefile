@@ -26,6 +26,7 @@ demo: $(STAMP)
 	$(VENV)/bin/tae demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check tae_framework plugins tests benchmarks docs
 	$(PY) -m pytest
 	$(VENV)/bin/mkdocs build --strict --site-dir site
 

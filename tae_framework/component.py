@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from .config import ComponentConfig, format_validation_error
 from .errors import ArtifactError, ConfigError, NotFittedError
 
-__all__ = ["Component", "NAME_PATTERN", "StateDataclass", "state_dataclass"]
+__all__ = ["NAME_PATTERN", "Component", "StateDataclass", "state_dataclass"]
 
 #: Registry names: lower case, digits, ``-`` and ``_``; must start with a letter.
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_\-]*$")
@@ -123,7 +123,7 @@ class Component(ABC):
             _flatten(key, getattr(self, key), tensors, meta)
         return tensors, meta
 
-    def set_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> "Component":
+    def set_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Component:
         """Restore what :meth:`get_state` returned; returns ``self``."""
         values: dict[str, Any] = {}
         for key, value in tensors.items():

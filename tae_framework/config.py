@@ -16,10 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import ConfigError
 
 __all__ = [
+    "ROLES",
     "ComponentConfig",
     "ComponentSpec",
     "PipelineConfig",
-    "ROLES",
     "format_validation_error",
 ]
 
@@ -73,7 +73,7 @@ class PipelineConfig(BaseModel):
     )
 
     @classmethod
-    def parse(cls, data: dict[str, Any] | "PipelineConfig") -> "PipelineConfig":
+    def parse(cls, data: dict[str, Any] | PipelineConfig) -> PipelineConfig:
         """Validate a plain dict, raising :class:`ConfigError` with a readable message."""
         if isinstance(data, cls):
             return data

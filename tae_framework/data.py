@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import DataError
 
-__all__ = ["ContrastExample", "ContrastDataset", "REQUIRED_COLUMNS"]
+__all__ = ["REQUIRED_COLUMNS", "ContrastDataset", "ContrastExample"]
 
 REQUIRED_COLUMNS = ("prompt", "completion", "label")
 
@@ -87,7 +87,7 @@ class ContrastDataset:
     @classmethod
     def from_records(
         cls, records: Iterable[dict[str, Any]], tuning: Sequence[str] | None = None, source: str = "records"
-    ) -> "ContrastDataset":
+    ) -> ContrastDataset:
         examples = []
         for i, rec in enumerate(records):
             if not isinstance(rec, dict):
@@ -109,7 +109,7 @@ class ContrastDataset:
         return cls(examples, list(tuning) if tuning is not None else None, name=source)
 
     @classmethod
-    def from_jsonl(cls, path: str | Path, tuning: Sequence[str] | None = None) -> "ContrastDataset":
+    def from_jsonl(cls, path: str | Path, tuning: Sequence[str] | None = None) -> ContrastDataset:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"contrast file {path} does not exist")
@@ -125,7 +125,7 @@ class ContrastDataset:
         return cls.from_records(records, tuning, source=str(path))
 
     @classmethod
-    def from_csv(cls, path: str | Path, tuning: Sequence[str] | None = None) -> "ContrastDataset":
+    def from_csv(cls, path: str | Path, tuning: Sequence[str] | None = None) -> ContrastDataset:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"contrast file {path} does not exist")
@@ -139,7 +139,7 @@ class ContrastDataset:
             return cls.from_records(list(reader), tuning, source=str(path))
 
     @classmethod
-    def from_hf(cls, dataset: Any, tuning: Sequence[str] | None = None) -> "ContrastDataset":
+    def from_hf(cls, dataset: Any, tuning: Sequence[str] | None = None) -> ContrastDataset:
         """From a :class:`datasets.Dataset` (or anything iterable over dict rows)."""
         names = getattr(dataset, "column_names", None)
         if names is not None:
@@ -151,7 +151,7 @@ class ContrastDataset:
         return cls.from_records(iter(dataset), tuning, source="datasets.Dataset")
 
     @classmethod
-    def load(cls, source: Any, tuning: Sequence[str] | None = None) -> "ContrastDataset":
+    def load(cls, source: Any, tuning: Sequence[str] | None = None) -> ContrastDataset:
         """Dispatch on the argument: a dataset object, a path (.jsonl/.json/.csv) or records."""
         if isinstance(source, ContrastDataset):
             return source
@@ -202,7 +202,7 @@ class ContrastDataset:
             out.append(ids.setdefault(key, len(ids)))
         return torch.tensor(out, dtype=torch.long)
 
-    def subset(self, indices: Sequence[int]) -> "ContrastDataset":
+    def subset(self, indices: Sequence[int]) -> ContrastDataset:
         return ContrastDataset([self.examples[i] for i in indices], self.tuning, self.name)
 
     def validate_for_fit(self) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["DEMO_METHODS", "run_demo", "main", "build_parser"]
+__all__ = ["DEMO_METHODS", "build_parser", "main", "run_demo"]
 
 _SRC = {"batch_size": 64, "progress": False}
 #: Methods of the demo: preset name and overrides tuned for the organism (4 layers x

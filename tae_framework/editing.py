@@ -27,7 +27,7 @@ they receive, and never synchronise with the host.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -36,7 +36,7 @@ from torch import nn
 from .errors import ConfigError, ModelMismatchError, TAEError
 from .types import EditTargets, Site, check_finite
 
-__all__ = ["EditScope", "LayerEdit", "EditSession", "layer_edits", "Modulator", "count_taps"]
+__all__ = ["EditScope", "EditSession", "LayerEdit", "Modulator", "count_taps", "layer_edits"]
 
 ScopeMode = Literal["last", "span", "all"]
 
@@ -57,7 +57,7 @@ class EditScope:
             raise ConfigError(f"unknown edit scope {self.mode!r}: use 'last', 'span' or 'all'")
 
     @classmethod
-    def coerce(cls, scope: "EditScope | str") -> "EditScope":
+    def coerce(cls, scope: EditScope | str) -> EditScope:
         return scope if isinstance(scope, EditScope) else cls(scope)  # type: ignore[arg-type]
 
 
@@ -280,12 +280,11 @@ class EditSession:
             if self.scope.mode == "last":
                 h = h[:, -1:]
             self.state[("resid", layer)] = h
-            return None
 
         return tap
 
     # -- context manager -----------------------------------------------------------------
-    def __enter__(self) -> "EditSession":
+    def __enter__(self) -> EditSession:
         if self._handles:
             raise TAEError("this EditSession is already active: create a new one to nest edits")
         try:
@@ -318,7 +317,7 @@ class EditSession:
         self._device_cache.clear()
         self._span_cache.clear()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.remove()
 
     @property

@@ -41,7 +41,7 @@ from .registry import Registry
 from .sources.base import ActivationSource
 from .types import EditTargets, EstimatorInputs, ProbeInputs, TokenSequence
 
-__all__ = ["AlignmentPipeline", "split_groups", "CONFIG_FILE", "TENSORS_FILE"]
+__all__ = ["CONFIG_FILE", "TENSORS_FILE", "AlignmentPipeline", "split_groups"]
 
 CONFIG_FILE = "config.json"
 TENSORS_FILE = "tensors.safetensors"
@@ -127,7 +127,7 @@ class AlignmentPipeline:
 
     # -- construction ----------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: PipelineConfig | dict[str, Any], registry: Registry | None = None) -> "AlignmentPipeline":
+    def from_config(cls, config: PipelineConfig | dict[str, Any], registry: Registry | None = None) -> AlignmentPipeline:
         """Build from a pipeline config (validated in two steps: shape, then each component)."""
         reg = registry if registry is not None else _default_registry()
         cfg = PipelineConfig.parse(config)
@@ -146,7 +146,7 @@ class AlignmentPipeline:
     @classmethod
     def from_preset(
         cls, name: str, registry: Registry | None = None, **overrides: dict[str, Any]
-    ) -> "AlignmentPipeline":
+    ) -> AlignmentPipeline:
         """Build a named preset; ``overrides`` update a role's config, e.g.
         ``from_preset("tae", prober={"top_k": 8}, intervener={"alpha": 5})``.
         """
@@ -179,7 +179,7 @@ class AlignmentPipeline:
         tuning: Sequence[str] | None = None,
         *,
         validation_groups: Sequence[Any] | None = None,
-    ) -> "AlignmentPipeline":
+    ) -> AlignmentPipeline:
         """Fit every role on ``data`` (a :class:`ContrastDataset`, path, records or
         ``datasets.Dataset``). ``tuning`` texts set the sigmas (default: the data's
         tuning texts, else its full texts). ``validation_groups`` fixes which groups rank
@@ -393,7 +393,7 @@ class AlignmentPipeline:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, registry: Registry | None = None) -> "AlignmentPipeline":
+    def load(cls, directory: str | Path, registry: Registry | None = None) -> AlignmentPipeline:
         """Load a pipeline saved by :meth:`save`."""
         directory = Path(directory)
         cfg_path, t_path = directory / CONFIG_FILE, directory / TENSORS_FILE

@@ -29,10 +29,10 @@ from .hookspecs import PROJECT
 from .registry import Registry
 
 __all__ = [
-    "ENTRY_POINT_GROUP",
     "DEFAULT_PLUGINS",
-    "ENV_DISABLE_AUTOLOAD",
+    "ENTRY_POINT_GROUP",
     "ENV_BLOCKED",
+    "ENV_DISABLE_AUTOLOAD",
     "TAEPluginManager",
     "create_plugin_manager",
     "default_registry",

@@ -12,7 +12,7 @@ from .component import NAME_PATTERN, Component
 from .config import ComponentSpec, PipelineConfig, format_validation_error
 from .errors import ConfigError, PluginError, UnknownComponentError, UnsupportedModelError
 
-__all__ = ["Registry", "Entry", "role_classes"]
+__all__ = ["Entry", "Registry", "role_classes"]
 
 
 def role_classes() -> dict[str, type]:

@@ -16,14 +16,14 @@ from .component import state_dataclass
 from .errors import DataError
 
 __all__ = [
-    "Site",
+    "EditTargets",
+    "EstimatorInputs",
     "ModelShape",
+    "ProbeInputs",
+    "Site",
     "SiteInfo",
     "TextActivations",
-    "EditTargets",
-    "ProbeInputs",
     "TokenSequence",
-    "EstimatorInputs",
     "check_finite",
 ]
 
@@ -44,7 +44,7 @@ class ModelShape:
     hidden_size: int
     vocab_size: int
 
-    def site(self, site: Site) -> "SiteInfo":
+    def site(self, site: Site) -> SiteInfo:
         if site == "heads":
             return SiteInfo("heads", self.num_heads, self.head_dim)
         if site == "residual":
@@ -140,7 +140,7 @@ class EditTargets:
             out[layer] = torch.nonzero(self.layers == layer).flatten()
         return out
 
-    def with_sigmas(self, sigmas: torch.Tensor) -> "EditTargets":
+    def with_sigmas(self, sigmas: torch.Tensor) -> EditTargets:
         return EditTargets(
             self.site, self.layers, self.units, self.directions, sigmas.float(), self.scores, self.unit_dim
         )

@@ -14,7 +14,7 @@ _REGISTRY = create_plugin_manager().registry
 def _instances():
     out = []
     for role, table in sorted(_REGISTRY.components.items()):
-        for name, entry in sorted(table.items()):
+        for _name, entry in sorted(table.items()):
             cls = entry.obj
             if role == "prober" and "top_k" in cls.Config.model_fields:
                 out.append(cls(top_k=2))

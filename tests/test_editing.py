@@ -109,7 +109,7 @@ def test_batched_greedy_generation_with_kv_cache_equals_one_by_one(registry, fam
     targets = synthetic_targets(model, adapter, k_per_layer=2, seed=3)
     interv = FixedIntervener(alpha=4.0).fit(targets)
     prompts = ["Q: a", "Q: what is x? A:", "Hello there, how", "Z"]
-    edit = lambda: interv.install(model, adapter, "last")  # noqa: E731
+    edit = lambda: interv.install(model, adapter, "last")
     batched = greedy_generate(model, tok, prompts, max_new_tokens=8, batch_size=4, edit=edit)
     alone = [greedy_generate(model, tok, [p], max_new_tokens=8, batch_size=1, edit=edit)[0] for p in prompts]
     assert batched == alone

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from tae_framework import AlignmentPipeline, ContrastDataset
-from tae_framework.errors import ArtifactError, ConfigError, DataError, ModelMismatchError, NotFittedError, UnknownComponentError
+from tae_framework.errors import (
+    ArtifactError,
+    ConfigError,
+    DataError,
+    ModelMismatchError,
+    NotFittedError,
+    UnknownComponentError,
+)
 from tae_framework.testing.models import tiny_model
 
 FAST = {"prober": {"top_k": 3}, "intervener": {"alpha": 4.0}}

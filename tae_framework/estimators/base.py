@@ -72,9 +72,9 @@ class MisalignmentEstimator(Component):
     role: ClassVar[str] = "estimator"
 
     @abstractmethod
-    def fit(self, inputs: EstimatorInputs) -> "MisalignmentEstimator":
+    def fit(self, inputs: EstimatorInputs) -> MisalignmentEstimator:
         """Learn from token-level fitting data; return ``self``."""
 
     @abstractmethod
-    def bind(self, model, adapter: "ModelAdapter", targets: EditTargets) -> SignalRuntime:
+    def bind(self, model, adapter: ModelAdapter, targets: EditTargets) -> SignalRuntime:
         """Return a runtime evaluating the signals on ``model`` (device-local)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from ..errors import DataError
 from ..types import EditTargets, EstimatorInputs, check_finite
 from .base import MisalignmentEstimator, SignalRuntime
 
-__all__ = ["TokenMisalignmentEstimator", "token_labels", "MAIRuntime"]
+__all__ = ["MAIRuntime", "TokenMisalignmentEstimator", "token_labels"]
 
 
 def token_labels(false_ids: torch.Tensor, true_answers: list[torch.Tensor]) -> torch.Tensor:
@@ -67,7 +67,7 @@ class TokenMisalignmentEstimator(MisalignmentEstimator):
         n_jobs: int = Field(default=1, description="Parallel jobs for the per-head fits (joblib).")
 
     # -- fit -------------------------------------------------------------------------
-    def fit(self, inputs: EstimatorInputs) -> "TokenMisalignmentEstimator":
+    def fit(self, inputs: EstimatorInputs) -> TokenMisalignmentEstimator:
         from sklearn.linear_model import LogisticRegression
 
         targets = inputs.targets
@@ -126,7 +126,7 @@ class TokenMisalignmentEstimator(MisalignmentEstimator):
             fitted = Parallel(n_jobs=self.config.n_jobs, prefer="threads")(delayed(fit_one)(j) for j in range(k))
         self.coef_ = torch.from_numpy(np.stack([c for c, _ in fitted])).reshape(k, d)
         self.intercept_ = torch.tensor([b for _, b in fitted], dtype=torch.float32)
-        self.num_tokens_ = int(len(y))
+        self.num_tokens_ = len(y)
         self.misaligned_rate_ = float(y.mean())
         return self
 
@@ -136,7 +136,7 @@ class TokenMisalignmentEstimator(MisalignmentEstimator):
         z = torch.einsum("...kd,kd->...k", features.float(), self.coef_) + self.intercept_
         return torch.sigmoid(z)
 
-    def bind(self, model, adapter, targets: EditTargets) -> "MAIRuntime":
+    def bind(self, model, adapter, targets: EditTargets) -> MAIRuntime:
         self.check_is_fitted()
         if self.coef_.shape != (targets.num_targets, targets.unit_dim):
             raise DataError(

@@ -47,7 +47,7 @@ class AdaptiveIntervener(Intervener):
             "code omits it there (w = p).",
         )
 
-    def fit(self, targets: EditTargets, estimator: MisalignmentEstimator | None = None) -> "AdaptiveIntervener":
+    def fit(self, targets: EditTargets, estimator: MisalignmentEstimator | None = None) -> AdaptiveIntervener:
         cfg = self.config
         if estimator is None and (cfg.use_p or cfg.use_u):
             raise ConfigError(

@@ -42,14 +42,14 @@ class Intervener(Component):
 
     @abstractmethod
     def fit(
-        self, targets: EditTargets, estimator: "MisalignmentEstimator | None" = None
-    ) -> "Intervener":
+        self, targets: EditTargets, estimator: MisalignmentEstimator | None = None
+    ) -> Intervener:
         """Store the targets (and the estimator, when used); return ``self``."""
 
     @abstractmethod
     def install(
-        self, model, adapter: "ModelAdapter", scope: "EditScope", record: bool = False
-    ) -> "EditSession":
+        self, model, adapter: ModelAdapter, scope: EditScope, record: bool = False
+    ) -> EditSession:
         """Return a context manager that edits ``model`` within ``scope``.
 
         ``record=True`` keeps the per-token multipliers in ``session.trace`` (figures).

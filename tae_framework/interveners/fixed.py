@@ -31,7 +31,7 @@ class FixedIntervener(Intervener):
             default=True, description="Scale each unit's edit by its sigma (spread along the direction)."
         )
 
-    def fit(self, targets: EditTargets, estimator: Any = None) -> "FixedIntervener":
+    def fit(self, targets: EditTargets, estimator: Any = None) -> FixedIntervener:
         self.targets_ = targets
         return self
 

@@ -54,10 +54,10 @@ class Prober(Component):
         return False
 
     @abstractmethod
-    def fit(self, inputs: ProbeInputs) -> "Prober":
+    def fit(self, inputs: ProbeInputs) -> Prober:
         """Fit probes, select targets and their unit directions; return ``self``."""
 
-    def calibrate(self, tuning: torch.Tensor) -> "Prober":
+    def calibrate(self, tuning: torch.Tensor) -> Prober:
         """Set each target's sigma from ``[N_tune, K, d]`` activations.
 
         Default: population standard deviation (ddof = 0) of the projections on the

@@ -53,7 +53,7 @@ class ActivationSource(Component):
         spans: Sequence[tuple[int, int]] | None = None,
         layers: Sequence[int] | None = None,
         site: Site = "heads",
-        adapter: "ModelAdapter | None" = None,
+        adapter: ModelAdapter | None = None,
     ) -> Iterator[list[TextActivations]]:
         """Yield batches of captured activations.
 

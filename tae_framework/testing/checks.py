@@ -34,7 +34,7 @@ from ..probers.base import Prober
 from ..sources.base import ActivationSource
 from ..types import EditTargets, EstimatorInputs, ProbeInputs, TextActivations, TokenSequence
 
-__all__ = ["check_component", "checks_for", "parametrize_with_checks", "synthetic_targets", "synthetic_probe_inputs"]
+__all__ = ["check_component", "checks_for", "parametrize_with_checks", "synthetic_probe_inputs", "synthetic_targets"]
 
 Check = Callable[[Component], None]
 

@@ -50,11 +50,11 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import tomllib
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
@@ -256,7 +256,7 @@ def check_tae(argv: list[str], where: str, capsys) -> None:
 # -------------------------------------------------------------------------------------
 def make_targets() -> set[str]:
     text = (REPO / "Makefile").read_text()
-    return {m.group(1) for m in re.finditer(r"^([A-Za-z][\w.-]*)\s*:(?!=)", text, re.M)}
+    return {m.group(1) for m in re.finditer(r"^([A-Za-z][\w.-]*)\s*:(?!=)", text, re.MULTILINE)}
 
 
 def _known_distribution(name: str) -> bool:

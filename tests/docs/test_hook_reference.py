@@ -31,9 +31,9 @@ def test_there_are_hooks_to_document():
 @pytest.mark.parametrize("name", HOOKS)
 def test_hook_is_documented_with_its_signature(name: str):
     text = PAGE.read_text(encoding="utf-8")
-    assert re.search(rf"^#+ `{name}`\s*$", text, re.M), f"{PAGE.name} has no section titled `{name}`"
+    assert re.search(rf"^#+ `{name}`\s*$", text, re.MULTILINE), f"{PAGE.name} has no section titled `{name}`"
     params = list(inspect.signature(getattr(hookspecs, name)).parameters)
-    shown = re.search(rf"^{name}\((.*)\)\s*->", text, re.M)
+    shown = re.search(rf"^{name}\((.*)\)\s*->", text, re.MULTILINE)
     assert shown, f"{PAGE.name} does not show the signature line `{name}(...) -> ...`"
     listed = re.findall(r"(\w+)\s*:", shown.group(1))  # every parameter is annotated on the page
     assert listed == params, f"{PAGE.name} shows {name}({', '.join(listed)}), the spec is {name}({', '.join(params)})"
@@ -44,5 +44,5 @@ def test_hook_is_documented_with_its_signature(name: str):
 
 def test_page_lists_no_hook_that_does_not_exist():
     text = PAGE.read_text(encoding="utf-8")
-    titled = set(re.findall(r"^#+ `(tae_\w+)`", text, re.M))
+    titled = set(re.findall(r"^#+ `(tae_\w+)`", text, re.MULTILINE))
     assert titled <= set(HOOKS), f"{PAGE.name} documents hooks that do not exist: {sorted(titled - set(HOOKS))}"

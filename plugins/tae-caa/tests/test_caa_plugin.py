@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from tae_caa.prober import MeanDifferenceProber
+
 from tae_framework import AlignmentPipeline
 from tae_framework.errors import ConfigError
 from tae_framework.plugins import create_plugin_manager

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tae_iti.probers import RandomControlProber
 
 from tae_framework import AlignmentPipeline
 from tae_framework.errors import UnknownComponentError
 from tae_framework.plugins import create_plugin_manager
 from tae_framework.testing import parametrize_with_checks
 from tae_framework.testing.models import tiny_model
-from tae_iti.probers import RandomControlProber
 
 
 def records(n_groups=10):

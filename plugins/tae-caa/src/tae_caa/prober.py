@@ -31,7 +31,7 @@ class MeanDifferenceProber(Prober):
         )
         num_layers: int = Field(default=1, ge=1, description="How many layers to pick when `layers` is None.")
 
-    def fit(self, inputs: ProbeInputs) -> "MeanDifferenceProber":
+    def fit(self, inputs: ProbeInputs) -> MeanDifferenceProber:
         check_finite(inputs.features, "CAA features")
         n_layers, n_units, dim = inputs.site_shape
         if n_units != 1:
@@ -68,7 +68,7 @@ class MeanDifferenceProber(Prober):
         )
         return self
 
-    def calibrate(self, tuning: torch.Tensor) -> "MeanDifferenceProber":
+    def calibrate(self, tuning: torch.Tensor) -> MeanDifferenceProber:
         """CAA's scale is the mean difference itself: nothing to calibrate."""
         self.check_is_fitted()
         return self

@@ -29,7 +29,7 @@ class RandomControlProber(LogisticProber):
             default="direction", description="What is random: the directions or the heads."
         )
 
-    def fit(self, inputs: ProbeInputs) -> "RandomControlProber":
+    def fit(self, inputs: ProbeInputs) -> RandomControlProber:
         super().fit(inputs)
         self.seed_ = int(inputs.seed)
         if self.config.control == "heads":
@@ -52,7 +52,7 @@ class RandomControlProber(LogisticProber):
         d = f[y == 1].mean(0) - f[y == 0].mean(0)
         return d / d.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
-    def calibrate(self, tuning: torch.Tensor) -> "RandomControlProber":
+    def calibrate(self, tuning: torch.Tensor) -> RandomControlProber:
         super().calibrate(tuning)  # sigma along the probed (or center-of-mass) directions
         if self.config.control == "direction":
             t = self.targets_
