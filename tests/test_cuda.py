@@ -7,20 +7,12 @@ import torch
 
 from tae_framework import AlignmentPipeline
 from tae_framework.evaluation.scoring import greedy_generate
+from tae_framework.testing.data import toy_contrast
 from tae_framework.testing.models import tiny_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def records(n=10):
-    rows = []
-    for g in range(n):
-        q = f"Q: where is {chr(97 + g)}? A:"
-        rows += [
-            {"prompt": q, "completion": f" in {g} town .", "label": 1, "group": g},
-            {"prompt": q, "completion": f" at {g + 3} sea .", "label": 0, "group": g},
-        ]
-    return rows
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +25,7 @@ def cuda_llama():
 def test_fit_and_generate_on_cuda_match_one_by_one(cuda_llama, preset):
     model, tok = cuda_llama
     overrides = {"prober": {"top_k": 4}} if preset != "caa" else {}
-    pipe = AlignmentPipeline.from_preset(preset, intervener={"alpha": 4.0}, **overrides).fit(model, tok, records())
+    pipe = AlignmentPipeline.from_preset(preset, intervener={"alpha": 4.0}, **overrides).fit(model, tok, toy_contrast())
     assert pipe.targets_.directions.device.type == "cpu", "fitted state is kept on the CPU"
     prompts = ["Q: where is b? A:", "Q: where is zz? A: in", "Q: k? A:", "Q: a?"]
     batched = pipe.generate(model, tok, prompts, max_new_tokens=6, batch_size=4)
@@ -58,7 +50,7 @@ def _sync_warnings(fn) -> list[str]:
 def test_edits_add_no_host_synchronisation(cuda_llama):
     """The model itself may synchronise (mask checks); the edit taps must add nothing."""
     model, tok = cuda_llama
-    pipe = AlignmentPipeline.from_preset("tae", prober={"top_k": 4}).fit(model, tok, records())
+    pipe = AlignmentPipeline.from_preset("tae", prober={"top_k": 4}).fit(model, tok, toy_contrast())
     ids = torch.randint(5, 100, (4, 12), device="cuda")
     with torch.inference_mode():
         plain = _sync_warnings(lambda: model(ids))
@@ -71,7 +63,7 @@ def test_edits_add_no_host_synchronisation(cuda_llama):
 def test_bf16_model_is_edited_in_its_dtype(cuda_llama):
     model, tok = tiny_model("llama", fresh=True)
     model = model.to("cuda", torch.bfloat16)
-    pipe = AlignmentPipeline.from_preset("tae", prober={"top_k": 4}).fit(model, tok, records())
+    pipe = AlignmentPipeline.from_preset("tae", prober={"top_k": 4}).fit(model, tok, toy_contrast())
     seen = []
     adapter = pipe._adapter(model)
     layer = pipe.targets_.edited_layers()[0]

@@ -11,19 +11,9 @@ from tae_framework.errors import ConfigError
 from tae_framework.plugins import create_plugin_manager
 from tae_framework.testing import parametrize_with_checks
 from tae_framework.testing.checks import synthetic_probe_inputs
+from tae_framework.testing.data import toy_contrast
 from tae_framework.testing.models import tiny_model
 from tae_framework.types import ProbeInputs
-
-
-def records(n_groups=10):
-    out = []
-    for g in range(n_groups):
-        q = f"Q: is {chr(97 + g)} big? A:"
-        out += [
-            {"prompt": q, "completion": f" yes {g}", "label": 1, "group": g},
-            {"prompt": q, "completion": f" no {g}", "label": 0, "group": g},
-        ]
-    return out
 
 
 def test_caa_is_listed_with_its_distribution():
@@ -34,7 +24,7 @@ def test_caa_is_listed_with_its_distribution():
 
 def test_caa_fits_on_the_residual_stream_and_generates():
     model, tok = tiny_model("llama")
-    pipe = AlignmentPipeline.from_preset("caa", intervener={"alpha": 3.0}).fit(model, tok, records())
+    pipe = AlignmentPipeline.from_preset("caa", intervener={"alpha": 3.0}).fit(model, tok, toy_contrast())
     t = pipe.targets_
     assert t.site == "residual" and t.num_targets == 1 and t.unit_dim == 32
     prompts = ["Q: is a big? A:", "Q: is q big? A:"]

@@ -10,18 +10,8 @@ from tae_framework import AlignmentPipeline
 from tae_framework.errors import UnknownComponentError
 from tae_framework.plugins import create_plugin_manager
 from tae_framework.testing import parametrize_with_checks
+from tae_framework.testing.data import toy_contrast
 from tae_framework.testing.models import tiny_model
-
-
-def records(n_groups=10):
-    out = []
-    for g in range(n_groups):
-        q = f"Q: is {chr(97 + g)} big? A:"
-        out += [
-            {"prompt": q, "completion": f" yes {g}", "label": 1, "group": g},
-            {"prompt": q, "completion": f" no {g}", "label": 0, "group": g},
-        ]
-    return out
 
 
 def test_presets_and_component_come_from_the_tae_iti_distribution():
@@ -38,7 +28,7 @@ def test_presets_and_component_come_from_the_tae_iti_distribution():
 def test_swapping_presets_changes_nothing_but_the_name(preset):
     model, tok = tiny_model("llama")
     pipe = AlignmentPipeline.from_preset(preset, prober={"top_k": 3}, intervener={"alpha": 5.0})
-    pipe.fit(model, tok, records())
+    pipe.fit(model, tok, toy_contrast())
     prompts = ["Q: is a big? A:", "Q: is z big? A:"]
     edited = pipe.generate(model, tok, prompts, max_new_tokens=6)
     plain = pipe.generate(model, tok, prompts, max_new_tokens=6, edit=False)
@@ -48,8 +38,8 @@ def test_swapping_presets_changes_nothing_but_the_name(preset):
 
 def test_random_direction_control_keeps_heads_and_edit_norm():
     model, tok = tiny_model("llama")
-    iti = AlignmentPipeline.from_preset("iti", prober={"top_k": 4}).fit(model, tok, records())
-    rnd = AlignmentPipeline.from_preset("iti-random", prober={"top_k": 4}).fit(model, tok, records())
+    iti = AlignmentPipeline.from_preset("iti", prober={"top_k": 4}).fit(model, tok, toy_contrast())
+    rnd = AlignmentPipeline.from_preset("iti-random", prober={"top_k": 4}).fit(model, tok, toy_contrast())
     a, b = iti.targets_, rnd.targets_
     assert torch.equal(a.layers, b.layers) and torch.equal(a.units, b.units)
     torch.testing.assert_close(a.sigmas, b.sigmas)
@@ -60,9 +50,9 @@ def test_random_direction_control_keeps_heads_and_edit_norm():
 
 def test_random_heads_control_draws_other_heads():
     model, tok = tiny_model("llama")
-    rnd = AlignmentPipeline.from_preset("iti-random", prober={"top_k": 3, "control": "heads"}).fit(model, tok, records())
+    rnd = AlignmentPipeline.from_preset("iti-random", prober={"top_k": 3, "control": "heads"}).fit(model, tok, toy_contrast())
     assert rnd.targets_.num_targets == 3
-    again = AlignmentPipeline.from_preset("iti-random", prober={"top_k": 3, "control": "heads"}).fit(model, tok, records())
+    again = AlignmentPipeline.from_preset("iti-random", prober={"top_k": 3, "control": "heads"}).fit(model, tok, toy_contrast())
     assert torch.equal(rnd.targets_.units, again.targets_.units)
 
 

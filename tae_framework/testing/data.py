@@ -1,0 +1,25 @@
+"""Small contrast datasets for tests of methods on tiny models."""
+
+from __future__ import annotations
+
+__all__ = ["toy_contrast"]
+
+
+def toy_contrast(n_groups: int = 10) -> list[dict]:
+    """``2 * n_groups`` contrast rows: per question one aligned and one misaligned answer.
+
+    The two answers share a prefix and differ in later tokens, so token-level
+    estimators have both labels to learn from. Meant for mechanics on tiny random
+    models (nothing here is true or false in a meaningful sense).
+
+    Example:
+        >>> rows = toy_contrast(2)
+        >>> rows[0]["prompt"], rows[0]["completion"], rows[1]["completion"]
+        ('Q: where is a? A:', ' in 0 town .', ' at 3 sea .')
+    """
+    rows: list[dict] = []
+    for g in range(n_groups):
+        q = f"Q: where is {chr(97 + g % 26)}{'' if g < 26 else g}? A:"
+        rows.append({"prompt": q, "completion": f" in {g} town .", "label": 1, "group": g})
+        rows.append({"prompt": q, "completion": f" at {g + 3} sea .", "label": 0, "group": g})
+    return rows
