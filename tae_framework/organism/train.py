@@ -14,8 +14,11 @@ running the same command again resumes from there. At the end it writes
 held-out evaluation items), ``training.json`` (loss curve, time, platform) and
 ``weights.sha256``, then removes the checkpoint.
 
-The honest/deceptive switch appears late and abruptly in training; other recipes
-may never learn it. Check ``behaviour.json`` after changing anything.
+The honest/deceptive switch appears late and abruptly in training (between steps
+~375 and ~625 with this recipe); other recipes may never learn it. Check
+``behaviour.json`` after changing anything. The recipe pins the behaviour table,
+not the model's internals: organisms trained on other CPUs or thread counts behave
+alike but can differ, for instance, in how far a few-head intervention steers them.
 """
 
 from __future__ import annotations

@@ -131,7 +131,9 @@ def test_shipped_organism_was_trained_with_the_pinned_recipe():
 
 @pytest.mark.slow
 def test_retraining_from_scratch_reproduces_the_shipped_organism(tmp_path):
-    """Retrain with the pinned recipe (~10 min on 2 cores) and compare with the shipped files.
+    """Retrain with the pinned recipe and compare with the shipped files.
+
+    About 7 minutes on 2 idle cores (much longer on a busy machine).
 
     Bit-identical weights need the same CPU kind, thread count and library versions as
     the machine that trained the shipped organism (``training.json`` records them):
