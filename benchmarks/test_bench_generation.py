@@ -257,10 +257,26 @@ def test_generation_overheads(setup, benchmark, record_property):
     assert report["estimator_speedup"] >= 5.0
 
 
-def test_shared_lens_tracks_the_exact_one(setup):
-    """How far the shared lens's u moves from the exact per-layer u (same inputs)."""
+def test_shared_lens_deviation_from_exact(setup, record_property):
+    """How far the shared lens moves u and the greedy tokens from the exact lens (reported)."""
     model, adapter, ids, targets = setup
-    exact = _estimator(targets, "exact").bind(model, adapter, targets)
-    h = torch.randn(4, 1, adapter.shape(model).hidden_size, device=DEVICE)
-    u = exact.uncertainty(h)
-    assert u.shape == (4, 1, 1) and bool(((u >= 0) & (u <= 1)).all())
+    exact = AdaptiveIntervener(alpha=5.0).fit(targets, _estimator(targets, "exact"))
+    shared = AdaptiveIntervener(alpha=5.0).fit(targets, _estimator(targets, "shared"))
+    ids = ids.to(DEVICE)
+    with torch.inference_mode():
+        with exact.install(model, adapter, "all", record=True) as a:
+            model(ids)
+        with shared.install(model, adapter, "all", record=True) as b:
+            model(ids)
+    gaps = {}
+    for (layer, _, u1), (_, _, u2) in zip(a.state["signals"], b.state["signals"]):
+        gaps[layer] = float((u1 - u2).abs().mean())
+    first = min(gaps)
+    assert gaps[first] < 1e-6, "both modes compute the same lens at the first edited layer"
+    out_exact = _generate(model, ids, lambda: exact.install(model, adapter, "last"))[:, ids.shape[1]:]
+    out_shared = _generate(model, ids, lambda: shared.install(model, adapter, "last"))[:, ids.shape[1]:]
+    same = float((out_exact == out_shared).float().mean())
+    print("\nmean |u_shared - u_exact| per edited layer:", {k: round(v, 4) for k, v in gaps.items()})
+    print(f"identical generated tokens: {same:.3f}")
+    record_property("u_gap_per_layer", gaps)
+    record_property("identical_tokens", same)

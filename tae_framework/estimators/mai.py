@@ -55,7 +55,8 @@ class TokenMisalignmentEstimator(MisalignmentEstimator):
             default="exact",
             description="Uncertainty u: `exact` = a logit lens on the residual stream entering every "
             "edited layer; `shared` = one lens at the first edited layer, reused by the later ones "
-            "(cheaper); `off` = no u.",
+            "(cheaper, exact only where u does not change with depth: see the benchmarks page); "
+            "`off` = no u.",
         )
         gain: float | None = Field(
             default=None, description="Logit gain of the entropy (default: the reference's constant)."

@@ -178,7 +178,7 @@ def test_zero_alpha_leaves_generation_unchanged(fitted):
     assert pipe.generate(model, tok, prompts, max_new_tokens=8) != zero.generate(model, tok, prompts, max_new_tokens=8)
 
 
-def test_shared_lens_is_close_to_exact_and_cheaper(fitted):
+def test_shared_lens_needs_one_residual_stream_per_step(fitted):
     pipe, model, tok = fitted
     shared = AlignmentPipeline.from_preset("tae-shared-lens", **OVR).fit(model, tok, records())
     torch.testing.assert_close(shared.targets_.directions, pipe.targets_.directions)
