@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from .config import ComponentConfig, format_validation_error
 from .errors import ArtifactError, ConfigError, NotFittedError
 
-__all__ = ["NAME_PATTERN", "Component", "StateDataclass", "state_dataclass"]
+__all__ = ["NAME_PATTERN", "Component", "state_dataclass"]
 
 #: Registry names: lower case, digits, ``-`` and ``_``; must start with a letter.
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_\-]*$")
@@ -36,8 +36,6 @@ def state_dataclass(cls: type) -> type:
     _STATE_TYPES[cls.__name__] = cls
     return cls
 
-
-StateDataclass = Any
 
 
 def _to_jsonable(value: Any, where: str) -> Any:

@@ -15,9 +15,8 @@ state through ``config.json`` + ``tensors.safetensors`` (never pickle).
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -300,14 +299,6 @@ class AlignmentPipeline:
         if span is not None:
             session.set_span(span)
         return session
-
-    @contextlib.contextmanager
-    def _maybe_apply(self, model, scope: str, enabled: bool, span=None, record=False) -> Iterator[EditSession | None]:
-        if not enabled:
-            yield None
-            return
-        with self.apply(model, scope, span=span, record=record) as session:
-            yield session
 
     def generate(
         self,
