@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-__all__ = ["main"]
+__all__ = ["build_parser", "forwarded_parser", "main"]
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
@@ -38,6 +38,26 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     for name, why in reg.failed_plugins.items():
         print(f"\nplugin '{name}' failed and was skipped: {why}", file=sys.stderr)
     return 0
+
+
+def forwarded_parser(module, func_name: str) -> argparse.ArgumentParser | None:
+    """The parser factory a forwarded subcommand's module exposes, called, if any.
+
+    Looks for ``<base>_parser``, ``build_<base>_parser``, ``_parser`` or ``build_parser``
+    (``<base>`` = ``func_name`` without ``_main``/``main_``). Used by the docs to render
+    and check commands without running them.
+    """
+    base = func_name.removesuffix("_main").removeprefix("main_")
+    for name in (f"{base}_parser", f"build_{base}_parser", "_parser", "build_parser"):
+        factory = getattr(module, name, None)
+        if callable(factory):
+            try:
+                parser = factory()
+            except TypeError:
+                continue
+            if isinstance(parser, argparse.ArgumentParser):
+                return parser
+    return None
 
 
 def _forward(module: str, func: str):

@@ -184,16 +184,11 @@ def module_parser(module_name: str, func_name: str) -> argparse.ArgumentParser |
         return None
     if not callable(getattr(module, func_name, None)):
         return None  # the subcommand would fail: never show a parser for it
-    base = func_name.removesuffix("_main").removeprefix("main_")
-    for name in (f"{base}_parser", f"build_{base}_parser", "_parser", "build_parser"):
-        factory = getattr(module, name, None)
-        if callable(factory):
-            try:
-                parser = factory()
-            except TypeError:
-                continue
-            if isinstance(parser, argparse.ArgumentParser):
-                return parser
+    from tae_framework.cli import forwarded_parser
+
+    parser = forwarded_parser(module, func_name)
+    if parser is not None:
+        return parser
     func = getattr(module, func_name, None)
     if func is None:
         return None

@@ -56,6 +56,8 @@ from pathlib import Path
 import pytest
 import tomllib
 
+from tae_framework.cli import forwarded_parser
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 PAGES = [REPO / "README.md", *sorted(p for p in (REPO / "docs").rglob("*.md") if "_hooks" not in p.parts)]
@@ -178,20 +180,6 @@ def _forward_target(func) -> tuple[str, str] | None:
     return None
 
 
-def _parser_factory(module, func_name: str):
-    base = func_name.removesuffix("_main").removeprefix("main_")
-    for name in (f"{base}_parser", f"build_{base}_parser", "_parser", "build_parser"):
-        factory = getattr(module, name, None)
-        if callable(factory):
-            try:
-                parser = factory()
-            except TypeError:
-                continue
-            if isinstance(parser, argparse.ArgumentParser):
-                return parser
-    return None
-
-
 def check_tae(argv: list[str], where: str, capsys) -> None:
     """Run ``tae argv`` through the real ``cli.main`` until the subcommand's own parser
     has accepted the arguments; nothing else runs (``tae plugins`` excepted)."""
@@ -237,7 +225,7 @@ def check_tae(argv: list[str], where: str, capsys) -> None:
             if "parse_args" in source or "parse_known_args" in source:
                 func(list(rest))  # stops with _Parsed as soon as its parser has accepted `rest`
                 raise AssertionError(f"{where}: {module_name}.{func_name} returned without parsing its arguments")
-            parser = _parser_factory(module, func_name)
+            parser = forwarded_parser(module, func_name)
             assert parser is not None, (
                 f"{where}: cannot find the argparse parser of {module_name}.{func_name} to check `{shown}`"
             )
