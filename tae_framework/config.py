@@ -9,9 +9,12 @@ config when the pipeline is built from a registry.
 
 from __future__ import annotations
 
+import types
+import typing
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError
 
@@ -27,10 +30,50 @@ __all__ = [
 ROLES: tuple[str, ...] = ("source", "aggregator", "prober", "estimator", "intervener")
 
 
-class ComponentConfig(BaseModel):
-    """Base class of every component's config: frozen, unknown keys rejected."""
+def _accepts(annotation: Any, kind: type) -> bool:
+    """Whether a field annotation admits values of ``kind`` (looking inside unions)."""
+    if annotation is kind:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _accepts(typing.get_args(annotation)[0], kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(a, kind) for a in typing.get_args(annotation))
+    return False
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+def _reject_bool_counts(model_cls: type[BaseModel], data: Any) -> Any:
+    """``True``/``False`` where an integer is expected is an error, not 1/0.
+
+    Pydantic's lax mode turns booleans into integers (``top_k=True`` would select one
+    head); every other lax conversion (``"8"`` from a JSON or command-line value) stays.
+    """
+    if not isinstance(data, dict):
+        return data
+    for name, info in model_cls.model_fields.items():
+        value = data.get(name, data.get(info.alias) if info.alias else None)
+        if isinstance(value, bool) and _accepts(info.annotation, int) and not _accepts(info.annotation, bool):
+            raise PydanticCustomError(
+                "bool_not_int",
+                "'{name}' expects an integer, got the boolean {value}: pass a number",
+                {"name": name, "value": str(value)},
+            )
+    return data
+
+
+class ComponentConfig(BaseModel):
+    """Base class of every component's config: frozen, unknown keys rejected.
+
+    Floats must be finite (``NaN`` / ``inf`` are rejected when the config is built) and
+    a boolean is never accepted where an integer is expected.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_counts(cls, data: Any) -> Any:
+        return _reject_bool_counts(cls, data)
 
 
 class ComponentSpec(BaseModel):
@@ -55,7 +98,12 @@ class PipelineConfig(BaseModel):
     may be ``None`` for methods without per-token signals (ITI, CAA).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_counts(cls, data: Any) -> Any:
+        return _reject_bool_counts(cls, data)
 
     source: ComponentSpec = Field(
         default_factory=lambda: _spec("hf"), description="Activation source (capture)."
@@ -90,6 +138,8 @@ def format_validation_error(exc: ValidationError, where: str) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
         if err["type"] == "extra_forbidden":
             lines.append(f"  - unknown key '{loc}': remove it or check its spelling")
+        elif err["type"] == "bool_not_int":
+            lines.append(f"  - {err['msg']}")
         elif err["type"] == "missing":
             lines.append(f"  - missing key '{loc}': it is required")
         else:

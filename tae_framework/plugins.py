@@ -5,7 +5,8 @@ own :class:`~tae_framework.registry.Registry`: the built-in plugins
 (:data:`DEFAULT_PLUGINS`) and every entry point of the group
 ``tae_framework.plugins`` go through the same path. A plugin that fails to import
 or to register is reported by name (warning + ``registry.failed_plugins``) and
-skipped.
+skipped; this includes a plugin that calls ``sys.exit()`` (only ``KeyboardInterrupt``
+is let through).
 
 Environment variables:
     ``TAE_DISABLE_PLUGIN_AUTOLOAD=1``: do not load entry-point plugins (built-ins
@@ -92,7 +93,9 @@ class TAEPluginManager(pluggy.PluginManager):
                 continue
             try:
                 module = importlib.import_module(modname)
-            except Exception as exc:  # noqa: BLE001 - report and continue
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - SystemExit too: report and continue
                 self._fail(modname, exc, "import")
                 continue
             self.register_plugin(module, modname, _DIST, __version__)
@@ -106,14 +109,18 @@ class TAEPluginManager(pluggy.PluginManager):
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:  # noqa: BLE001
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - a plugin calling sys.exit() must not end the process
                 self._fail(ep.name, exc, "import")
                 continue
             dist = ep.dist.name if ep.dist is not None else "unknown"
             version = ep.dist.version if ep.dist is not None else "unknown"
             try:
                 self.register_plugin(plugin, ep.name, dist, version)
-            except Exception as exc:  # noqa: BLE001
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001
                 self._fail(ep.name, exc, "register")
 
     def check_plugins(self) -> None:
@@ -153,7 +160,9 @@ class TAEPluginManager(pluggy.PluginManager):
                 dist, version = self.provenance.get(name, ("unknown", "unknown"))
                 try:
                     impl.function(register=make_cb(name, dist, version))
-                except Exception as exc:  # noqa: BLE001
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - SystemExit in a hook too
                     failed.add(name)
                     reg.remove_plugin(name)
                     self._fail(name, exc, "register")
