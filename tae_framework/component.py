@@ -12,6 +12,7 @@ must be JSON (see :meth:`Component.get_state`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from abc import ABC
 from typing import Any, ClassVar
@@ -23,7 +24,7 @@ from pydantic import ValidationError
 from .config import ComponentConfig, format_validation_error
 from .errors import ArtifactError, ConfigError, NotFittedError
 
-__all__ = ["NAME_PATTERN", "Component", "state_dataclass"]
+__all__ = ["NAME_PATTERN", "Component", "state_dataclass", "tensor_sha256"]
 
 #: Registry names: lower case, digits, ``-`` and ``_``; must start with a letter.
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_\-]*$")
@@ -36,6 +37,18 @@ def state_dataclass(cls: type) -> type:
     _STATE_TYPES[cls.__name__] = cls
     return cls
 
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and raw bytes (as stored on disk, row-major).
+
+    Used as the checksum of saved tensors: any changed byte, dtype or shape changes it.
+    """
+    t = tensor.detach().to("cpu").contiguous()
+    h = hashlib.sha256(f"{str(t.dtype).removeprefix('torch.')}{tuple(t.shape)}".encode())
+    if t.numel():
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _to_jsonable(value: Any, where: str) -> Any:
@@ -130,7 +143,7 @@ class Component(ABC):
         try:
             for key, value in _unflatten(values).items():
                 setattr(self, key, value)
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ArtifactError(
                 f"saved state of {type(self).__name__} is inconsistent ({exc}); "
                 "the artifact is corrupted or was written by an incompatible version: refit and save again"
