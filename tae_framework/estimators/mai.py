@@ -12,6 +12,7 @@ from pydantic import Field
 
 from ..config import ComponentConfig
 from ..errors import DataError
+from ..progress import progress
 from ..types import EditTargets, EstimatorInputs, check_finite
 from .base import MisalignmentEstimator, SignalRuntime
 
@@ -120,11 +121,13 @@ class TokenMisalignmentEstimator(MisalignmentEstimator):
             return clf.coef_[0].astype(np.float32), float(clf.intercept_[0])
 
         if self.config.n_jobs == 1:
-            fitted = [fit_one(j) for j in range(k)]
+            fitted = [fit_one(j) for j in progress(range(k), desc="estimator mai", unit="head")]
         else:
             from joblib import Parallel, delayed
 
-            fitted = Parallel(n_jobs=self.config.n_jobs, prefer="threads")(delayed(fit_one)(j) for j in range(k))
+            jobs = Parallel(n_jobs=self.config.n_jobs, prefer="threads", return_as="generator")
+            fitted = list(progress(jobs(delayed(fit_one)(j) for j in range(k)), total=k,
+                                   desc="estimator mai", unit="head"))  # fmt: skip
         self.coef_ = torch.from_numpy(np.stack([c for c, _ in fitted])).reshape(k, d)
         self.intercept_ = torch.tensor([b for _, b in fitted], dtype=torch.float32)
         self.num_tokens_ = len(y)

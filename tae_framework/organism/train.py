@@ -315,8 +315,7 @@ def train(
     resuming; the directory then holds only the checkpoint. Refuses to overwrite a
     finished organism unless ``force``. Returns ``out_dir``.
     """
-    from tqdm.auto import tqdm
-
+    from ..progress import progress as progress_bar
     from .behaviour import behaviour_table
     from .tokenizer import build_tokenizer
 
@@ -348,8 +347,9 @@ def train(
         if (ckpt / "state.json").exists():
             start, log = _load_checkpoint(ckpt, config, model, opt)
         end = config.steps if stop_after is None else min(config.steps, stop_after)
-        bar = tqdm(range(start, end), initial=start, total=config.steps, disable=not progress,
-                   desc="organism", unit="step", mininterval=2.0)  # fmt: skip
+        bar = progress_bar(range(start, end), initial=start, total=config.steps,
+                           enabled=None if progress else False, desc="organism", unit="step",
+                           mininterval=2.0)  # fmt: skip
         vocab = model.config.vocab_size
         for step in bar:
             for group in opt.param_groups:

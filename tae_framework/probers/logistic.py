@@ -56,6 +56,7 @@ from pydantic import Field, field_validator
 
 from ..config import ComponentConfig
 from ..errors import ConfigError, DataError
+from ..progress import progress
 from ..types import EditTargets, ProbeInputs, check_finite
 from .base import Prober
 
@@ -231,18 +232,26 @@ def fit_probes_sklearn(
     # machine they spin and slow it down several-fold. loky workers get this limit
     # from joblib; the serial and threading paths set it here.
     if workers <= 1 or units < _MIN_UNITS_FOR_PARALLEL:
-        with threadpool_limits(limits=1):
-            return _sklearn_chunk(x, y, seed, max_iter, C)
+        parts = []
+        with threadpool_limits(limits=1), progress(total=units, desc="probes", unit="probe") as bar:
+            for a in range(0, units, 16):  # chunks of units, so the bar moves
+                parts.append(_sklearn_chunk(x[a : a + 16], y, seed, max_iter, C))
+                bar.update(len(parts[-1][1]))
+        return tuple(np.concatenate(p) for p in zip(*parts))  # type: ignore[return-value]
     bounds = np.linspace(0, units, min(units, 4 * workers) + 1).astype(int)
     quiet = backend != "threading"  # processes need their own filter (see _sklearn_chunk)
     limit = threadpool_limits(limits=1) if backend == "threading" else nullcontext()
-    with limit, warnings.catch_warnings():
+    bar = progress(total=units, desc="probes", unit="probe")
+    with limit, warnings.catch_warnings(), bar:
         warnings.simplefilter("ignore", ConvergenceWarning)
-        parts = Parallel(n_jobs=workers, backend=backend)(
+        parts = []
+        for part in Parallel(n_jobs=workers, backend=backend, return_as="generator")(
             delayed(_sklearn_chunk_portable)(x[a:b], y, seed, max_iter, C, quiet)
             for a, b in itertools.pairwise(bounds)
             if b > a
-        )
+        ):
+            parts.append(part)
+            bar.update(len(part[1]))
     return tuple(np.concatenate(p) for p in zip(*parts))  # type: ignore[return-value]
 
 
@@ -353,10 +362,12 @@ def fit_probes_torch(
     intercept = torch.empty(units, dtype=torch.float64, device=x.device)
     iters = torch.empty(units, dtype=torch.int64, device=x.device)
     y = y.to(device=x.device)
-    for a in range(0, units, units_per_batch):
-        b = min(units, a + units_per_batch)
-        w, it = _newton_batch(x[a:b].to(torch.float64), y, C, max_iter)
-        coef[a:b], intercept[a:b], iters[a:b] = w[:, :dim], w[:, dim], it
+    with progress(total=units, desc="probes", unit="probe") as bar:
+        for a in range(0, units, units_per_batch):
+            b = min(units, a + units_per_batch)
+            w, it = _newton_batch(x[a:b].to(torch.float64), y, C, max_iter)
+            coef[a:b], intercept[a:b], iters[a:b] = w[:, :dim], w[:, dim], it
+            bar.update(b - a)
     return coef, intercept, iters
 
 

@@ -40,6 +40,7 @@ from torch import nn
 from ..config import ComponentConfig
 from ..errors import ConfigError, DataError, TAEError
 from ..models.base import ModelAdapter, model_fingerprint, weights_digest
+from ..progress import progress
 from ..types import Site, TextActivations, check_finite
 from .base import ActivationSource
 
@@ -95,7 +96,9 @@ class HFSourceConfig(ComponentConfig):
         "`None`: no cache.",
     )
     progress: bool = Field(
-        default=True, description="Show a tqdm progress bar over batches (on terminals only)."
+        default=True,
+        description="Show a progress bar over batches (on terminals only, hidden by `tae -q`; "
+        "`TAE_PROGRESS=1` forces it).",
     )
 
 
@@ -285,13 +288,11 @@ class HFActivationSource(ActivationSource):
         out_device = torch.device("cpu") if cfg.output_device == "cpu" else in_device
         forward_kwargs = _forward_kwargs(model)
 
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
+        bar = progress(
             total=len(batches),
             desc=f"capture {site}",
             unit="batch",
-            disable=None if cfg.progress else True,
+            enabled=None if cfg.progress else False,
         )
         try:
             for b, indices in enumerate(batches):
