@@ -11,9 +11,33 @@ Public API (imported lazily, so ``import tae_framework`` is cheap)::
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load lazily
+    from .aggregators.base import GraphAggregator as GraphAggregator
+    from .config import ComponentConfig as ComponentConfig
+    from .config import ComponentSpec as ComponentSpec
+    from .config import PipelineConfig as PipelineConfig
+    from .data import ContrastDataset as ContrastDataset
+    from .data import ContrastExample as ContrastExample
+    from .editing import EditScope as EditScope
+    from .editing import EditSession as EditSession
+    from .errors import NotFittedError as NotFittedError
+    from .errors import TAEError as TAEError
+    from .estimators.base import MisalignmentEstimator as MisalignmentEstimator
+    from .estimators.base import SignalRuntime as SignalRuntime
+    from .evaluation.judge import Judge as Judge
+    from .hookspecs import hookimpl as hookimpl
+    from .interveners.base import Intervener as Intervener
+    from .models.base import ModelAdapter as ModelAdapter
+    from .pipeline import AlignmentPipeline as AlignmentPipeline
+    from .plugins import create_plugin_manager as create_plugin_manager
+    from .plugins import default_registry as default_registry
+    from .probers.base import Prober as Prober
+    from .sources.base import ActivationSource as ActivationSource
+    from .types import EditTargets as EditTargets
 
 _EXPORTS = {
     "AlignmentPipeline": "tae_framework.pipeline",

@@ -11,6 +11,8 @@ from ..component import Component
 from ..types import EditTargets, EstimatorInputs
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
     from ..models.base import ModelAdapter
 
 __all__ = ["MisalignmentEstimator", "SignalRuntime"]
@@ -76,5 +78,5 @@ class MisalignmentEstimator(Component):
         """Learn from token-level fitting data; return ``self``."""
 
     @abstractmethod
-    def bind(self, model, adapter: ModelAdapter, targets: EditTargets) -> SignalRuntime:
+    def bind(self, model: PreTrainedModel, adapter: ModelAdapter, targets: EditTargets) -> SignalRuntime:
         """Return a runtime evaluating the signals on ``model`` (device-local)."""

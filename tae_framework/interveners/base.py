@@ -9,6 +9,8 @@ from ..component import Component
 from ..types import EditTargets
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
     from ..editing import EditScope, EditSession
     from ..estimators.base import MisalignmentEstimator
     from ..models.base import ModelAdapter
@@ -48,7 +50,7 @@ class Intervener(Component):
 
     @abstractmethod
     def install(
-        self, model, adapter: ModelAdapter, scope: EditScope, record: bool = False
+        self, model: PreTrainedModel, adapter: ModelAdapter, scope: EditScope, record: bool = False
     ) -> EditSession:
         """Return a context manager that edits ``model`` within ``scope``.
 

@@ -10,6 +10,8 @@ from ..component import Component
 from ..types import Site, TextActivations
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
     from ..models.base import ModelAdapter
 
 __all__ = ["ActivationSource"]
@@ -47,8 +49,8 @@ class ActivationSource(Component):
     @abstractmethod
     def capture(
         self,
-        model,
-        tokenizer,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
         texts: Sequence[str],
         spans: Sequence[tuple[int, int]] | None = None,
         layers: Sequence[int] | None = None,
