@@ -13,12 +13,13 @@ equals capturing every text alone. Answer spans are given in characters and mapp
 to tokens with the tokenizer's offsets (:func:`char_span_to_token_span`).
 
 With ``cache_dir`` set, every batch is stored as one safetensors shard in a folder
-named by a fingerprint of the model (architecture and a weight digest), the
-tokenized inputs, the spans, the layers, the site and the output dtype. A later call
-with the same inputs loads the shards without running the model; an interrupted run
-resumes and computes only the missing shards. A shard that cannot be read or does
-not match the request (corrupted, truncated, edited) is recomputed and rewritten,
-with a :class:`CacheWarning`.
+named by a fingerprint of the model (architecture and a digest of every weight, see
+:func:`full_weights_digest`), the tokenized inputs, the spans, the layers, the site and
+the output dtype. A later call with the same inputs loads the shards without running
+the model; an interrupted run resumes and computes only the missing shards. Every shard
+stores a SHA-256 checksum of each of its tensors; a shard that cannot be read, fails its
+checksums or does not match the request (corrupted, truncated, edited) is recomputed
+and rewritten, with a :class:`CacheWarning`.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from ..component import tensor_sha256
 from ..config import ComponentConfig
 from ..errors import ConfigError, DataError, TAEError
-from ..models.base import ModelAdapter, model_fingerprint, weights_digest
+from ..models.base import ModelAdapter, model_fingerprint
 from ..progress import progress
 from ..types import Site, TextActivations, check_finite
 from .base import ActivationSource
@@ -51,10 +53,12 @@ __all__ = [
     "SiteTaps",
     "capture_all",
     "char_span_to_token_span",
+    "forget_weights_digest",
+    "full_weights_digest",
 ]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: checksums of every shard tensor, digest of every weight
 _SITES = ("heads", "residual")
 
 
@@ -492,6 +496,128 @@ def _to_device(act: TextActivations, device: torch.device) -> TextActivations:
     return TextActivations(act.index, act.acts.to(device), act.input_ids, act.span, act.layers)
 
 
+# ----------------------------------------------------------------------------------
+# full weight digest
+# ----------------------------------------------------------------------------------
+#: 32-bit words hashed per kernel launch (16 MiB of weights).
+_HASH_CHUNK = 1 << 22
+_MULTIPLIERS: dict[torch.device, torch.Tensor] = {}
+_DIGEST_ATTR = "_tae_weights_digest"
+_M64 = (1 << 64) - 1
+
+
+def _signed(x: int) -> int:
+    x &= _M64
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def _multipliers(device: torch.device) -> torch.Tensor:
+    """``[2, _HASH_CHUNK]`` odd int64 multipliers, the same on every device (splitmix64)."""
+    m = _MULTIPLIERS.get(device)
+    if m is None:
+        i = torch.arange(1, 2 * _HASH_CHUNK + 1, dtype=torch.int64, device=device)
+        z = i * _signed(0x9E3779B97F4A7C15)
+        z = (z ^ ((z >> 30) & ((1 << 34) - 1))) * _signed(0xBF58476D1CE4E5B9)
+        z = (z ^ ((z >> 27) & ((1 << 37) - 1))) * _signed(0x94D049BB133111EB)
+        m = _MULTIPLIERS[device] = (z | 1).reshape(2, _HASH_CHUNK)
+    return m
+
+
+def _tensor_sums(t: torch.Tensor) -> torch.Tensor:
+    """``[chunks, 2]`` int64: two position-weighted sums of each chunk of ``t``'s bytes.
+
+    Each 32-bit word is multiplied by an odd multiplier of its position and the products
+    are summed modulo 2**64, so changing any single word always changes the sum (the
+    multiplier is invertible), and changes of many words collide with probability about
+    2**-64 per lane. Runs on ``t``'s device; nothing but the sums leaves it.
+    """
+    flat = t.detach().reshape(-1)
+    b = flat.view(torch.uint8) if flat.dtype != torch.bool else flat.to(torch.uint8)
+    if b.numel() % 4:
+        b = torch.cat([b, b.new_zeros(4 - b.numel() % 4)])
+    words = b.view(torch.int32)
+    mult = _multipliers(words.device)
+    sums = []
+    for start in range(0, words.numel(), _HASH_CHUNK):
+        chunk = words[start : start + _HASH_CHUNK].to(torch.int64)
+        sums.append((chunk * mult[:, : chunk.numel()]).sum(dim=-1))
+    if not sums:
+        return torch.zeros(0, 2, dtype=torch.int64, device=words.device)
+    return torch.stack(sums)
+
+
+def _weight_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    named = list(model.named_parameters()) + [(f"buffer:{n}", b) for n, b in model.named_buffers()]
+    return [(n, t) for n, t in named if isinstance(t, torch.Tensor)]
+
+
+def _weights_state(tensors: list[tuple[str, torch.Tensor]]) -> tuple:
+    """What identifies the current weights without reading them: every tensor's storage
+    address, shape, dtype, device and autograd version counter (bumped by every in-place
+    operation, e.g. ``weight[:, cols] = 0`` under ``torch.no_grad()`` or ``load_state_dict``)."""
+    return tuple(
+        (n, t.data_ptr() if t.device.type != "meta" else 0, t._version, tuple(t.shape), str(t.dtype), str(t.device))
+        for n, t in tensors
+    )
+
+
+def full_weights_digest(model: nn.Module, refresh: bool = False) -> str:
+    """A digest of EVERY byte of a model's parameters and buffers.
+
+    CPU tensors are hashed with SHA-256 in place; tensors on an accelerator are hashed
+    on their own device in chunks of 16 MiB (see :func:`_tensor_sums`), so the weights
+    never cross to the host (the digest of a model therefore depends on where its weights
+    live). The result is cached on the model together with each tensor's storage address and version
+    counter: later calls cost nothing until a weight is replaced or edited in place, which
+    triggers a new full hash. Edits through ``param.data[...] = ...`` bypass PyTorch's
+    version counters; after such an edit pass ``refresh=True`` (or call
+    :func:`forget_weights_digest`). Weights on the ``meta`` device (offloaded) contribute
+    only their names and shapes.
+    """
+    tensors = _weight_tensors(model)
+    state = _weights_state(tensors)
+    cached = getattr(model, _DIGEST_ATTR, None)
+    if not refresh and cached is not None and cached[0] == state:
+        return cached[1]
+    h = hashlib.sha256()
+    pending: list[tuple[bytes, torch.Tensor | None]] = []
+    host: dict[int, bytes] = {}
+    with torch.no_grad():
+        for k, (name, t) in enumerate(tensors):
+            head = f"{name}|{str(t.dtype)}|{tuple(t.shape)}|{t.numel() * t.element_size()}".encode()
+            if t.device.type == "cpu":  # SHA-256 of the bytes in place (no copy)
+                flat = t.detach().contiguous().reshape(-1)
+                data = flat.view(torch.uint8) if flat.dtype != torch.bool else flat.to(torch.uint8)
+                host[k] = hashlib.sha256(memoryview(data.numpy())).digest()
+                pending.append((head, None))
+            else:
+                pending.append((head, None if t.device.type == "meta" else _tensor_sums(t)))
+    # One transfer per device instead of one synchronisation per tensor.
+    by_device: dict[torch.device, list[int]] = {}
+    for k, (_, sums) in enumerate(pending):
+        if sums is not None:
+            by_device.setdefault(sums.device, []).append(k)
+    for ks in by_device.values():
+        joined = torch.cat([pending[k][1] for k in ks]).cpu().numpy()  # type: ignore[misc]
+        offset = 0
+        for k in ks:
+            n = pending[k][1].shape[0]  # type: ignore[union-attr]
+            host[k] = joined[offset : offset + n].tobytes()
+            offset += n
+    for k, (head, _) in enumerate(pending):
+        h.update(head)
+        h.update(host.get(k, b"meta"))
+    digest = h.hexdigest()[:32]
+    object.__setattr__(model, _DIGEST_ATTR, (state, digest))
+    return digest
+
+
+def forget_weights_digest(model: nn.Module) -> None:
+    """Drop the digest cached on ``model`` (the next cache lookup hashes every weight)."""
+    with contextlib.suppress(AttributeError):
+        object.__delattr__(model, _DIGEST_ATTR)
+
+
 def _sha(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -502,7 +628,7 @@ def _cache_description(
     return {
         "format": _CACHE_FORMAT,
         "model": model_fingerprint(model, adapter),
-        "weights": weights_digest(model),
+        "weights": full_weights_digest(model),
         "tokenizer": {
             "class": type(tokenizer).__name__,
             "name_or_path": str(getattr(tokenizer, "name_or_path", "") or ""),
@@ -563,6 +689,7 @@ class _ShardStore:
             "indices": json.dumps([a.index for a in acts]),
             "spans": json.dumps([list(a.span) for a in acts]),
             "layers": json.dumps(list(acts[0].layers)),
+            "sha256": json.dumps({k: tensor_sha256(t) for k, t in sorted(tensors.items())}),
         }
         _atomic_write(self.path(b), save(tensors, metadata=meta))
 
@@ -588,6 +715,12 @@ class _ShardStore:
         tensors = load(data)  # validates the whole file
         header_len = int.from_bytes(data[:8], "little")
         meta = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
+        sums = json.loads(meta.get("sha256", "null"))
+        if not isinstance(sums, dict) or set(sums) != set(tensors):
+            raise ValueError("has no checksums of its tensors (written by an older version, or edited)")
+        bad = sorted(k for k, t in tensors.items() if tensor_sha256(t) != sums[k])
+        if bad:
+            raise ValueError(f"tensor(s) {bad[:4]} do not match their checksums (the file was altered)")
         if json.loads(meta.get("indices", "null")) != indices:
             raise ValueError(f"holds texts {meta.get('indices')}, expected {indices}")
         if json.loads(meta.get("layers", "null")) != list(layer_ids):
