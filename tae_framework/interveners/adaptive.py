@@ -4,6 +4,10 @@ Each edited head h at each scoped token gets
 ``alpha * sigma_h * (1 + beta * p_h + (1 - beta) * u)`` along its direction, where
 ``p_h`` is the estimator's probability that the next token is misaligned and ``u``
 the logit-lens uncertainty of the residual stream entering the layer.
+
+On plain text (``scope="all"``: CE loss and KL) ``u_on_all_scope=False`` reproduces
+the reference code, which has no u there and does not weight p by beta: the strength
+is ``alpha * sigma_h * (1 + p_h)``.
 """
 
 from __future__ import annotations
@@ -43,8 +47,8 @@ class AdaptiveIntervener(Intervener):
         use_base: bool = Field(default=True, description="Keep the constant 1 in (1 + w).")
         u_on_all_scope: bool = Field(
             default=True,
-            description="Use u when every position is edited (CE/KL on text); the reference "
-            "code omits it there (w = p).",
+            description="Use u when every position is edited (CE/KL on text). False reproduces "
+            "the reference code there: no u, and p at full weight (strength 1 + p, not 1 + beta p).",
         )
 
     def fit(self, targets: EditTargets, estimator: MisalignmentEstimator | None = None) -> AdaptiveIntervener:
@@ -68,6 +72,9 @@ class AdaptiveIntervener(Intervener):
         cfg = self.config
         edits = layer_edits(t, cfg.alpha * t.sigmas)
         use_u = cfg.use_u and (scope.mode != "all" or cfg.u_on_all_scope)
+        # The reference mixes p with beta only when it has u; without u (its plain-text
+        # CE/KL runs) the strength is alpha * sigma * (1 + p).
+        beta = cfg.beta if use_u or not cfg.use_u else 1.0
         if not (cfg.use_p or use_u):
             if cfg.use_base:
                 return EditSession(model, adapter, t.site, edits, scope, record=record)
@@ -76,7 +83,7 @@ class AdaptiveIntervener(Intervener):
         if estimator is None:
             raise ConfigError("intervener 'mai' was loaded without its estimator: load the whole pipeline")
         runtime = estimator.bind(model, adapter, t)
-        beta, use_p, use_base = cfg.beta, cfg.use_p, cfg.use_base
+        use_p, use_base = cfg.use_p, cfg.use_base
         per_layer = {layer: int(ix.numel()) for layer, ix in t.by_layer().items()}
 
         def modulator(layer: int, x: torch.Tensor, resid: torch.Tensor | None, state: dict[str, Any]):
