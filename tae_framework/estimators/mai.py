@@ -19,17 +19,34 @@ from .base import MisalignmentEstimator, SignalRuntime
 __all__ = ["MAIRuntime", "TokenMisalignmentEstimator", "token_labels"]
 
 
-def token_labels(false_ids: torch.Tensor, true_answers: list[torch.Tensor]) -> torch.Tensor:
+def token_labels(
+    false_ids: torch.Tensor,
+    true_answers: list[torch.Tensor],
+    match: Literal["positions", "ids"] = "positions",
+) -> torch.Tensor:
     """Label each token of a false answer: 1 if its id is absent from the matching true answer.
 
-    The matching true answer is the one whose token-id set shares the most ids with
-    the false answer's set (the first one on ties). Works on token ids only, so it is
-    independent of the tokenizer.
+    The matching true answer is the one that overlaps the false answer most (the first
+    one on ties), counted by ``match``:
+
+    * ``"positions"`` (default, the reference code's count): the number of positions of
+      the false answer whose id occurs in the true answer, so a shared token that the
+      false answer repeats counts each time. It picks the true answer that leaves the
+      fewest tokens labelled misaligned.
+    * ``"ids"``: the number of distinct ids the two answers share.
+
+    Works on token ids only, so it is independent of the tokenizer.
     """
     if not true_answers:
         raise DataError("token_labels needs at least one true answer to compare the false answer with")
-    false_set = set(false_ids.tolist())
-    overlaps = [len(false_set & set(t.tolist())) for t in true_answers]
+    if match not in ("positions", "ids"):
+        raise DataError(f"token_labels: match must be 'positions' or 'ids', got {match!r}")
+    false_list = false_ids.tolist()
+    false_set = set(false_list)
+    if match == "ids":
+        overlaps = [len(false_set & set(t.tolist())) for t in true_answers]
+    else:
+        overlaps = [sum(i in ts for i in false_list) for ts in (set(t.tolist()) for t in true_answers)]
     best = true_answers[int(np.argmax(overlaps))]  # argmax returns the first maximum
     best_set = torch.as_tensor(sorted(set(best.tolist())), dtype=false_ids.dtype)
     return (~torch.isin(false_ids, best_set)).long()
@@ -67,6 +84,12 @@ class TokenMisalignmentEstimator(MisalignmentEstimator):
             description="Apply the model's final norm before the lens (the reference does not).",
         )
         n_jobs: int = Field(default=1, description="Parallel jobs for the per-head fits (joblib).")
+        label_match: Literal["positions", "ids"] = Field(
+            default="positions",
+            description="How a misaligned answer's closest aligned answer is chosen for token "
+            "labels: `positions` = most positions whose token occurs in it (the reference's "
+            "count; repeated tokens count each time), `ids` = most distinct shared token ids.",
+        )
 
     # -- fit -------------------------------------------------------------------------
     def fit(self, inputs: EstimatorInputs) -> TokenMisalignmentEstimator:
@@ -84,7 +107,7 @@ class TokenMisalignmentEstimator(MisalignmentEstimator):
             if not aligned.get(s.group):
                 skipped.append(s.group)
                 continue
-            y = token_labels(s.token_ids, aligned[s.group])
+            y = token_labels(s.token_ids, aligned[s.group], self.config.label_match)
             if s.features.shape[0] != y.numel():
                 raise DataError(
                     f"estimator: a sequence of group {s.group} has {y.numel()} tokens but "

@@ -47,6 +47,39 @@ def test_token_labels_use_the_most_overlapping_true_answer():
     assert token_labels(torch.tensor([4, 7]), [torch.tensor([1])]).tolist() == [1, 1]
 
 
+def test_token_labels_count_positions_like_the_reference_or_distinct_ids():
+    false = torch.tensor([5, 5, 5, 7, 8])
+    trues = [torch.tensor([5, 1]), torch.tensor([7, 8])]
+    # positions in common: 3 (the repeated 5) vs 2 -> the first true answer
+    assert token_labels(false, trues).tolist() == [0, 0, 0, 1, 1]
+    assert token_labels(false, trues, "positions").tolist() == [0, 0, 0, 1, 1]
+    # distinct ids in common: 1 vs 2 -> the second true answer
+    assert token_labels(false, trues, "ids").tolist() == [1, 1, 1, 0, 0]
+    with pytest.raises(DataError, match="match must be"):
+        token_labels(false, trues, "tokens")
+
+
+def test_label_match_config_reaches_the_fit():
+    model, tok = tiny_model("llama")
+    from tae_framework.plugins import default_registry
+
+    t = synthetic_targets(model, default_registry().adapter_for(model))
+    g = torch.Generator().manual_seed(0)
+    seqs = []
+    for group in range(6):
+        seqs.append(TokenSequence(torch.tensor([5, 1]), 1, group))
+        seqs.append(TokenSequence(torch.tensor([7, 8]), 1, group))
+        feats = torch.randn(5, t.num_targets, t.unit_dim, generator=g)
+        seqs.append(TokenSequence(torch.tensor([5, 5, 5, 7, 8]), 0, group, feats))
+    inputs = EstimatorInputs(t, seqs)
+    by_pos = TokenMisalignmentEstimator().fit(inputs)
+    by_ids = TokenMisalignmentEstimator(label_match="ids").fit(inputs)
+    # opposite labels on the same features: the probes point the other way
+    assert bool(((by_pos.coef_ * by_ids.coef_).sum(-1) < 0).all())
+    with pytest.raises(ConfigError, match="label_match"):
+        TokenMisalignmentEstimator(label_match="tokens")
+
+
 def test_estimator_refuses_unlabelable_or_single_class_data():
     model, tok = tiny_model("llama")
     from tae_framework.plugins import default_registry
