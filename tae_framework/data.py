@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import DataError
 
-__all__ = ["REQUIRED_COLUMNS", "ContrastDataset", "ContrastExample"]
+__all__ = ["REQUIRED_COLUMNS", "ContrastDataset", "ContrastExample", "DataLeakWarning"]
 
 REQUIRED_COLUMNS = ("prompt", "completion", "label")
+
+
+class DataLeakWarning(UserWarning):
+    """The same example is on both sides of a train / validation split."""
 
 
 class ContrastExample(BaseModel):
@@ -204,6 +209,54 @@ class ContrastDataset:
 
     def subset(self, indices: Sequence[int]) -> ContrastDataset:
         return ContrastDataset([self.examples[i] for i in indices], self.tuning, self.name)
+
+    def validation_mask(self, validation_groups: Any) -> torch.Tensor:
+        """``[N]`` bool mask of the examples in ``validation_groups`` (group ids).
+
+        Raises:
+            DataError: ``validation_groups`` is a bare string, names groups the data does
+                not have, or selects none or all of the groups.
+        """
+        if isinstance(validation_groups, (str, bytes)) or not hasattr(validation_groups, "__iter__"):
+            raise DataError(
+                f"validation_groups must be a list of group ids, got {validation_groups!r}: "
+                "wrap a single id in a list"
+            )
+        wanted = [str(g) for g in validation_groups]
+        present = {e.group for e in self.examples if e.group is not None}
+        unknown = sorted(set(wanted) - present)
+        if unknown:
+            shown = ", ".join(repr(g) for g in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            known = ", ".join(repr(g) for g in sorted(present)[:5]) + (" ..." if len(present) > 5 else "")
+            raise DataError(
+                f"validation_groups names {len(unknown)} group(s) the data does not have ({shown}); "
+                f"the data's groups are {known or 'none (no example has a group)'}: fix the ids"
+            )
+        chosen = set(wanted)
+        val = torch.tensor([e.group in chosen for e in self.examples])
+        if not bool(val.any()) or bool(val.all()):
+            raise DataError(
+                "validation_groups must select some but not all groups of the data: leave at least "
+                "one group for training"
+            )
+        return val
+
+    def warn_duplicates_across(self, train: torch.Tensor, val: torch.Tensor) -> int:
+        """Warn (:class:`DataLeakWarning`) when an identical example (same prompt and
+        completion) is on both sides of a split; returns how many texts are shared."""
+        seen_train = {self.examples[i].text for i in torch.nonzero(train).flatten().tolist()}
+        shared = sorted({
+            self.examples[i].text for i in torch.nonzero(val).flatten().tolist()
+        } & seen_train)
+        if shared:
+            warnings.warn(
+                f"{len(shared)} example text(s) appear in both the training and the validation "
+                f"groups (e.g. {shared[0][:80]!r}): head ranking is then measured on training "
+                "data. Give duplicates the same group id, or remove them",
+                DataLeakWarning,
+                stacklevel=3,
+            )
+        return len(shared)
 
     def validate_for_fit(self) -> None:
         """Raise :class:`DataError` unless this dataset can fit a method."""

@@ -36,7 +36,7 @@ from torch import nn
 from .errors import ConfigError, ModelMismatchError, TAEError
 from .types import EditTargets, Site, check_finite
 
-__all__ = ["EditScope", "EditSession", "LayerEdit", "Modulator", "count_taps", "layer_edits"]
+__all__ = ["EditScope", "EditSession", "LayerEdit", "Modulator", "count_taps", "is_installed", "layer_edits"]
 
 ScopeMode = Literal["last", "span", "all"]
 
@@ -93,6 +93,23 @@ def layer_edits(targets: EditTargets, scale: torch.Tensor | float) -> list[Layer
         LayerEdit(layer, targets.units[ix], targets.directions[ix], scale_t[ix], ix)
         for layer, ix in targets.by_layer().items()
     ]
+
+
+_ACTIVE_ATTR = "_tae_active_edits"
+
+
+def _active_owners(model: nn.Module) -> dict[Any, str]:
+    """Owners of the edit sessions active on ``model`` (stored on the model itself)."""
+    active = model.__dict__.get(_ACTIVE_ATTR)
+    if active is None:
+        active = {}
+        object.__setattr__(model, _ACTIVE_ATTR, active)
+    return active
+
+
+def is_installed(model: nn.Module, owner: Any) -> bool:
+    """Whether a session owned by ``owner`` is active on ``model``."""
+    return owner in model.__dict__.get(_ACTIVE_ATTR, {})
 
 
 def count_taps(model: nn.Module) -> int:
@@ -155,6 +172,11 @@ class EditSession:
         self._dense: dict[int, torch.Tensor] = {}
         self._device_cache: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
         self._span_cache: dict[torch.device, torch.Tensor] = {}
+        #: Who installs these edits (set by ``AlignmentPipeline.apply``). Two sessions
+        #: with the same owner are never active on one model at once: the edit would be
+        #: added twice. ``None``: no check (hand-built sessions may stack on purpose).
+        self.owner: Any = None
+        self._registered = False
         self._validate()
 
     # -- validation ------------------------------------------------------------------
@@ -287,6 +309,17 @@ class EditSession:
     def __enter__(self) -> EditSession:
         if self._handles:
             raise TAEError("this EditSession is already active: create a new one to nest edits")
+        if self.owner is not None:
+            active = _active_owners(self.model)
+            if self.owner in active:
+                raise TAEError(
+                    f"{active[self.owner]} is already installed on this model (a nested "
+                    "`with pipe.apply(model)`, or pipe.generate()/pipe.score() inside one): its "
+                    "edit would be added twice. Use the session you already have, or call "
+                    "generate()/score() outside the `with` block"
+                )
+            active[self.owner] = self.owner_label
+            self._registered = True
         try:
             layers = self.adapter.layers(self.model)
             for layer in sorted(self.residual_layers):
@@ -305,10 +338,17 @@ class EditSession:
             raise
         return self
 
+    @property
+    def owner_label(self) -> str:
+        return getattr(self.owner, "edit_label", None) or f"this {type(self.owner).__name__}'s edit"
+
     def remove(self) -> None:
         """Remove every installed handle (idempotent)."""
         while self._handles:
             self._handles.pop().remove()
+        if self._registered:
+            _active_owners(self.model).pop(self.owner, None)
+            self._registered = False
         self.state = {
             "record": self.record,
             "signals": self.state.get("signals", []),

@@ -14,14 +14,25 @@ Example:
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
-__all__ = ["DTYPES", "load_model", "resolve_dtype"]
+__all__ = [
+    "DTYPES",
+    "check_input_ids",
+    "check_prompts",
+    "embedding_rows",
+    "load_model",
+    "max_positions",
+    "resolve_dtype",
+    "warn_if_training",
+]
 
 #: Accepted ``dtype`` names.
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
@@ -160,3 +171,87 @@ def load_model(
     if gen is not None and getattr(gen, "pad_token_id", None) is None:
         gen.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+# -- input checks shared by capture, generation and scoring ------------------------------
+def max_positions(model) -> int | None:
+    """The number of positions the model was built for (``None`` when it has no limit)."""
+    cfg = getattr(model, "config", None)
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(cfg, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def embedding_rows(model) -> int | None:
+    """Rows of the input embedding: token ids must be below this."""
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    rows = getattr(emb, "num_embeddings", None)
+    if rows is None and isinstance(getattr(emb, "weight", None), torch.Tensor):
+        rows = emb.weight.shape[0]
+    return int(rows) if rows is not None else None
+
+
+def check_prompts(values: Any, what: str = "prompts") -> list[str]:
+    """A list of strings, or a :class:`DataError` naming the problem (a bare string is
+    refused: iterating it would give one prompt per character)."""
+    if isinstance(values, str):
+        raise DataError(
+            f"{what} must be a list of strings, got a single string: wrap it in a list ([{what[:-1]}])"
+        )
+    if isinstance(values, bytes) or not hasattr(values, "__iter__"):
+        raise DataError(f"{what} must be a list of strings, got {type(values).__name__}")
+    out = list(values)
+    for i, v in enumerate(out):
+        if not isinstance(v, str):
+            raise DataError(f"{what}[{i}] is a {type(v).__name__}, not a string")
+    return out
+
+
+def check_input_ids(
+    model,
+    tokenizer,
+    ids: Sequence[Sequence[int]],
+    what: str = "text",
+    extra_positions: int = 0,
+    fix: str = "shorten it",
+) -> None:
+    """Refuse token sequences the model cannot run, before torch fails on them.
+
+    Raises:
+        DataError: a sequence (plus ``extra_positions`` generated tokens) is longer than
+            the model's positions.
+        ConfigError: a token id is outside the model's embedding (the tokenizer's
+            vocabulary is larger than the model's).
+    """
+    limit = max_positions(model)
+    rows = embedding_rows(model)
+    for i, seq in enumerate(ids):
+        n = len(seq) + extra_positions
+        if limit is not None and n > limit:
+            need = f"{len(seq)} tokens" + (f" + {extra_positions} new tokens = {n} positions" if extra_positions else "")
+            raise DataError(
+                f"{what} {i} needs {need}, but the model has {limit} positions "
+                f"(max_position_embeddings): {fix}"
+            )
+        if rows is not None and seq and max(seq) >= rows:
+            vocab = len(tokenizer) if hasattr(tokenizer, "__len__") else "?"
+            raise ConfigError(
+                f"{what} {i} contains token id {max(seq)}, but the model's embedding has {rows} rows "
+                f"(the tokenizer's vocabulary has {vocab} entries): the tokenizer does not belong to "
+                "this model; load the tokenizer saved with the model, or resize the embeddings "
+                "(model.resize_token_embeddings(len(tokenizer))) and fine-tune them"
+            )
+
+
+def warn_if_training(model, what: str) -> None:
+    """Warn when ``model`` is in training mode (dropout makes the results random)."""
+    if getattr(model, "training", False):
+        warnings.warn(
+            f"the model is in training mode during {what}: dropout makes the results random; "
+            "call model.eval() first",
+            UserWarning,
+            stacklevel=3,
+        )

@@ -42,6 +42,7 @@ from ..component import tensor_sha256
 from ..config import ComponentConfig
 from ..errors import ConfigError, DataError, TAEError
 from ..models.base import ModelAdapter, model_fingerprint
+from ..models.loading import check_input_ids
 from ..progress import progress
 from ..types import Site, TextActivations, check_finite
 from .base import ActivationSource
@@ -263,6 +264,10 @@ class HFActivationSource(ActivationSource):
         layer_ids = adapter.resolve_layers(model, layers)
         texts, spans = _check_texts(texts, spans)
         encoded = _encode(tokenizer, texts, spans, cfg.max_length)
+        check_input_ids(
+            model, tokenizer, encoded.ids, "text",
+            fix="shorten it, or set the source's max_length to truncate texts (keeping the start)",
+        )
         if getattr(model, "training", False):
             warnings.warn(
                 "the model is in training mode: dropout makes captured activations random; "
