@@ -68,6 +68,14 @@ def tae_register_presets(register):
 
 
 @hookimpl
+def tae_register_protocols(register):
+    from .evaluation.protocols import BUILTIN_PROTOCOLS
+
+    for cls in BUILTIN_PROTOCOLS:
+        register(cls)
+
+
+@hookimpl
 def tae_register_tasks(register):
     from .organism.task import organism_task
     from .tasks.truthfulqa import truthfulqa_task

@@ -71,3 +71,17 @@ def tae_register_tasks(register: Callable[[str, Callable[..., Any]], None]) -> N
         register: callback ``register(name, factory)``; ``factory(**options)``
             returns a task object (see :mod:`tae_framework.tasks`).
     """
+
+
+@hookspec
+def tae_register_protocols(register: Callable[[type], None]) -> None:
+    """Register evaluation protocol classes (multiple choice, generation, side effects,
+    or a plugin's own, such as sampled continuations scored per sample).
+
+    Called once when a registry is built. ``register(cls)`` takes a subclass of
+    :class:`~tae_framework.evaluation.protocols.Protocol`; its ``name`` is what tasks
+    name in their :class:`~tae_framework.evaluation.specs.ProtocolSpec` and must be unique.
+
+    Args:
+        register: callback taking one protocol class.
+    """

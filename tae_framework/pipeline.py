@@ -149,20 +149,10 @@ class AlignmentPipeline:
         """Build a named preset; ``overrides`` update a role's config, e.g.
         ``from_preset("tae", prober={"top_k": 8}, intervener={"alpha": 5})``.
         """
+        from .overrides import apply_overrides
+
         reg = registry if registry is not None else _default_registry()
-        cfg = reg.preset(name).model_dump()
-        for role, update in overrides.items():
-            if role in ("seed", "validation_fraction"):
-                cfg[role] = update
-                continue
-            if role not in cfg or cfg[role] is None:
-                raise ConfigError(
-                    f"preset '{name}' has no {role!r} to override; roles: "
-                    + ", ".join(r for r in ("source", "aggregator", "prober", "estimator", "intervener") if cfg.get(r))
-                )
-            if not isinstance(update, dict):
-                raise ConfigError(f"override for {role!r} must be a dict of config values")
-            cfg[role] = {"type": cfg[role]["type"], "config": {**cfg[role]["config"], **update}}
+        cfg = apply_overrides(reg.preset(name).model_dump(), overrides)
         return cls.from_config(cfg, reg)
 
     def _adapter(self, model) -> ModelAdapter:
@@ -311,7 +301,7 @@ class AlignmentPipeline:
         **generate_kwargs: Any,
     ) -> list[str]:
         """Greedy generation (left padding, KV cache) with the edits on the last position."""
-        from .evaluation.scoring import greedy_generate
+        from .generation import greedy_generate
 
         return greedy_generate(
             model,
@@ -327,7 +317,7 @@ class AlignmentPipeline:
         self, model, tokenizer, prompts: Sequence[str], completions: Sequence[str], batch_size: int = 8, edit: bool = True
     ) -> torch.Tensor:
         """Summed log-probability of each completion given its prompt, edits on the completion tokens."""
-        from .evaluation.scoring import answer_logprobs
+        from .generation import answer_logprobs
 
         return answer_logprobs(
             model,

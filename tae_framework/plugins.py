@@ -149,6 +149,7 @@ class TAEPluginManager(pluggy.PluginManager):
             ("tae_register_model_adapters", lambda n, d, v: (lambda cls: reg.add_component(cls, n, d, v))),
             ("tae_register_presets", lambda n, d, v: (lambda name, cfg: reg.add_preset(name, cfg, n, d, v))),
             ("tae_register_tasks", lambda n, d, v: (lambda name, f: reg.add_task(name, f, n, d, v))),
+            ("tae_register_protocols", lambda n, d, v: (lambda cls: reg.add_protocol(cls, n, d, v))),
         ]
         failed: set[str] = set()
         for hook_name, make_cb in calls:

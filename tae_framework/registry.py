@@ -58,6 +58,7 @@ class Registry:
         self.components: dict[str, dict[str, Entry]] = {r: {} for r in self._roles}
         self.presets: dict[str, Entry] = {}
         self.tasks: dict[str, Entry] = {}
+        self.protocols: dict[str, Entry] = {}
         self.failed_plugins: dict[str, str] = {}
 
     # -- registration --------------------------------------------------------------
@@ -106,9 +107,36 @@ class Registry:
             raise PluginError(f"plugin '{plugin}' registered task '{name}' twice")
         self.tasks[name] = Entry(name, factory, plugin, dist, version)
 
+    def add_protocol(self, cls: type, plugin: str, dist: str, version: str) -> None:
+        from .evaluation.protocols import Protocol
+
+        if not (isinstance(cls, type) and issubclass(cls, Protocol)):
+            raise PluginError(
+                f"plugin '{plugin}' registered {cls!r} as a protocol; protocols are subclasses of "
+                "tae_framework.evaluation.protocols.Protocol"
+            )
+        name = getattr(cls, "name", "")
+        self._check_name(name, "a protocol", plugin)
+        if name in self.protocols:
+            raise PluginError(
+                f"plugin '{plugin}' registered protocol '{name}', already registered by plugin "
+                f"'{self.protocols[name].plugin}'"
+            )
+        self.protocols[name] = Entry(name, cls, plugin, dist, version)
+
+    def protocol(self, name: str) -> type:
+        """The protocol class registered as ``name``."""
+        if name not in self.protocols:
+            known = ", ".join(sorted(self.protocols)) or "none"
+            raise UnknownComponentError(
+                f"unknown protocol '{name}' (known protocols: {known}); install the plugin that "
+                "provides it or fix the name"
+            )
+        return self.protocols[name].obj
+
     def remove_plugin(self, plugin: str) -> None:
         """Forget everything a plugin registered (used when its registration fails)."""
-        for table in [*self.components.values(), self.presets, self.tasks]:
+        for table in [*self.components.values(), self.presets, self.tasks, self.protocols]:
             for key in [k for k, e in table.items() if e.plugin == plugin]:
                 del table[key]
 

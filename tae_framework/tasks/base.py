@@ -12,7 +12,11 @@ with a string id. It provides:
 * :meth:`Task.eval_items`: one :class:`EvalItem` per question, with multiple-choice
   completions to score and/or a generation prompt;
 * :attr:`Task.judge_metrics`: the judge metrics its generations need (e.g.
-  ``("true", "info")`` for TruthfulQA, ``("toxic",)`` for a toxicity task).
+  ``("true", "info")`` for TruthfulQA, ``("toxic",)`` for a toxicity task);
+* :meth:`Task.protocols` and :meth:`Task.metrics`: what the runner measures and
+  reports (see :mod:`tae_framework.evaluation.specs`);
+* :meth:`Task.extract_answer` and :meth:`Task.write_results`: how answers are cut from
+  generations and how per-item results are written.
 
 Tasks are registered by plugins through the ``tae_register_tasks`` hook with
 ``register(name, factory)``; ``factory(**options)`` returns a :class:`Task`.
@@ -54,14 +58,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from ..data import ContrastDataset
 from ..errors import DataError
+from ..evaluation.specs import ItemResult, MetricSpec, ProtocolSpec
 
-__all__ = ["EvalItem", "Fold", "FoldPart", "Task", "TaskFactory", "make_folds"]
+__all__ = ["EvalItem", "Fold", "FoldPart", "Task", "TaskFactory", "check_folds", "make_folds"]
 
 #: Which questions of a fold: ``train``, ``val``, ``development`` (train + val) or ``test``.
 FoldPart = Literal["train", "val", "development", "test"]
@@ -152,17 +158,23 @@ class EvalItem:
 
 
 class Task(ABC):
-    """A benchmark: questions, folds, fitting data and evaluation items.
+    """A benchmark: questions, folds, fitting data, evaluation items, and how they are
+    evaluated.
 
     Subclasses set :attr:`name` and implement :attr:`question_ids`, :meth:`folds`,
-    :meth:`fitting_data` and :meth:`eval_items`. See the module docstring for an
-    example.
+    :meth:`fitting_data` and :meth:`eval_items`. They may override :meth:`protocols`
+    (what is measured), :meth:`metrics` (what is reported and how it is aggregated),
+    :meth:`extract_answer`, :meth:`heldout_texts`, :meth:`write_results` and the class
+    attributes :attr:`judge_metrics` / :attr:`default_judge`. See the module docstring
+    and ``docs/plugins/writing-a-task.md`` for examples.
     """
 
     #: Registry name of the task.
     name: ClassVar[str] = ""
     #: Judge metrics the task's generations are scored with (``()``: no judge needed).
     judge_metrics: ClassVar[tuple[str, ...]] = ()
+    #: Judge used when a run names none (``None``: answers are not judged by default).
+    default_judge: ClassVar[str | None] = None
 
     @property
     @abstractmethod
@@ -180,6 +192,56 @@ class Task(ABC):
     @abstractmethod
     def eval_items(self, ids: Sequence[str] | Fold | None = None) -> list[EvalItem]:
         """Evaluation items of ``ids`` (a fold means its test questions; ``None``: all)."""
+
+    # -- evaluation: protocols, answers, metrics, result files ------------------------
+    def protocols(self) -> dict[str, ProtocolSpec]:
+        """The protocols to run, by key (the key prefixes their outputs: ``"mc.true"``).
+
+        Default: multiple choice (``"mc"``), greedy generation judged by the judge
+        (``"generation"``) and side effects on held-out text (``"side_effects"``, off
+        unless the run asks for it).
+        """
+        return {
+            "mc": ProtocolSpec("multiple_choice"),
+            "generation": ProtocolSpec("generation", judged=True),
+            "side_effects": ProtocolSpec("side_effects", enabled=False),
+        }
+
+    def metrics(self) -> list[MetricSpec]:
+        """The reported metrics (see :class:`~tae_framework.evaluation.specs.MetricSpec`).
+
+        Default: MC1/MC2/MC3, the rate of answers each judge metric accepts at 0.5
+        (named after the metric), and CE / KL.
+        """
+        from ..evaluation.standard_metrics import judge_rate, mc_metrics, side_effect_metrics
+
+        return [
+            *mc_metrics("mc"),
+            *(judge_rate(m, m) for m in self.judge_metrics),
+            *side_effect_metrics("side_effects"),
+        ]
+
+    def extract_answer(self, item: EvalItem, text: str) -> str:
+        """The answer inside a generated continuation (default: the text, stripped)."""
+        return text.strip()
+
+    def heldout_texts(self, n: int, seed: int) -> list[str] | None:
+        """Held-out texts for side effects (``None``: the protocol's ``texts`` option or
+        the reference's OpenWebText sample)."""
+        return None
+
+    def write_results(
+        self, path: Path, results: Sequence[ItemResult], *, tag: str, judge: str | None
+    ) -> Path:
+        """Write the per-item results of one fold to ``path`` (a ``.csv``); returns the path.
+
+        Default: one row per item with its id, question, scalar meta fields and every
+        value (lists joined with ``"; "``). TruthfulQA overrides this with the TruthfulQA
+        tooling's answer-file format.
+        """
+        from ..evaluation.report import write_items_csv
+
+        return write_items_csv(path, results)
 
     # -- helpers shared by every task ----------------------------------------------------
     def __len__(self) -> int:
@@ -273,3 +335,36 @@ def make_folds(
             ).check()
         )
     return folds
+
+
+def check_folds(task_name: str, folds: Sequence[Fold], ids: Sequence[str]) -> None:
+    """Raise :class:`DataError` unless ``folds`` are leak-free: every id is one of the
+    task's, no item is in the test set of two folds, and within a fold no item is in two
+    parts (test / train / validation). The message names the task, the fold and the item."""
+    known = set(ids)
+    tested: dict[str, int] = {}
+    for f in folds:
+        parts = {"test": f.test, "train": f.train, "val": f.val}
+        for part, members in parts.items():
+            unknown = [i for i in members if i not in known]
+            if unknown:
+                raise DataError(
+                    f"task '{task_name}': fold {f.index} lists item {unknown[0]!r} in its {part} part, "
+                    "but the task has no such item; folds may only name the task's item ids"
+                )
+        seen: dict[str, str] = {}
+        for part, members in parts.items():
+            for i in members:
+                if i in seen:
+                    raise DataError(
+                        f"task '{task_name}': item {i!r} is in both the {seen[i]} and the {part} part "
+                        f"of fold {f.index}; an item may be in only one part of a fold"
+                    )
+                seen[i] = part
+        for i in f.test:
+            if i in tested:
+                raise DataError(
+                    f"task '{task_name}': item {i!r} is in the test set of folds {tested[i]} and "
+                    f"{f.index}; folds must not overlap (every item is tested once)"
+                )
+            tested[i] = f.index

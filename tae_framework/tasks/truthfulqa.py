@@ -82,6 +82,7 @@ from ..config import format_validation_error
 from ..data import ContrastDataset, ContrastExample
 from ..errors import ConfigError, DataError
 from ..evaluation.metrics import find_best_index, format_best
+from ..evaluation.specs import MetricSpec
 from .base import EvalItem, Fold, FoldPart, Task, make_folds
 
 __all__ = [
@@ -722,6 +723,7 @@ class TruthfulQATask(Task):
 
     name = "truthfulqa"
     judge_metrics = ("true", "info")
+    default_judge = "hf"
 
     def __init__(
         self, questions: Sequence[TruthfulQAQuestion], config: TruthfulQAConfig | None = None
@@ -864,6 +866,49 @@ class TruthfulQATask(Task):
                 )
             )
         return items
+
+    # -- evaluation: protocols (the defaults), metrics, answers, answer files ---------
+    def metrics(self) -> list[MetricSpec]:
+        """MC1/MC2/MC3; True and Info (judge probability >= 0.5 on the first answer);
+        True*Info (product of the True and Info means over folds, as the reference
+        reports it); True&Info (answers both true and informative); CE and KL."""
+        from ..evaluation.standard_metrics import (
+            judge_rate,
+            judged_all,
+            mc_metrics,
+            product_of,
+            side_effect_metrics,
+        )
+
+        return [
+            *mc_metrics("mc"),
+            judge_rate("True", "true", description="share of answers the judge finds true"),
+            judge_rate("Info", "info", description="share of answers the judge finds informative"),
+            product_of("True*Info", ("True", "Info"), description="product of the True and Info means"),
+            judged_all("True&Info", ("true", "info"), description="share of answers both true and informative"),
+            *side_effect_metrics("side_effects"),
+        ]
+
+    def extract_answer(self, item: EvalItem, text: str) -> str:
+        """The continuation cut at the next ``Q:`` (:func:`~tae_framework.evaluation.metrics.cut_answer`)."""
+        from ..evaluation.metrics import cut_answer
+
+        return cut_answer(text)
+
+    def write_results(self, path: Path, results: Sequence[Any], *, tag: str, judge: str | None) -> Path:
+        """The TruthfulQA tooling's answer file (:func:`~tae_framework.evaluation.results.write_answers`)."""
+        from ..evaluation.results import AnswerRecord, write_answers
+
+        records = []
+        for r in results:
+            values: dict[str, Any] = {}
+            if "generation.answers" in r:
+                values["answer"] = r["generation.answers"][0]
+            if "mc.true" in r:
+                values.update(scores_true=r["mc.true"], scores_false=r["mc.false"])
+            probs = {k[len("judge."):]: v[0] for k, v in r.values.items() if k.startswith("judge.")}
+            records.append(AnswerRecord.from_item(r.item, judge_probs=probs, **values))
+        return write_answers(path, records, model=tag, judge=judge or "none")
 
     def __repr__(self) -> str:
         return f"TruthfulQATask({len(self.questions)} questions, source={self.config.source!r})"

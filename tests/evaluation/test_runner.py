@@ -268,8 +268,8 @@ def test_side_effects_and_baseline(e2e):
     ce_orig = []
     for k in (0, 1):
         doc = json.loads((e2e["run"] / f"fold{k}" / "fold.json").read_text())
-        assert doc["side_effects"]["n_texts"] == 6
-        ce_orig.append(doc["side_effects"]["ce_loss_original"])
+        assert doc["fold_outputs"]["side_effects"]["n_texts"] == 6
+        ce_orig.append(doc["fold_outputs"]["side_effects"]["ce_loss_original"])
     assert b["CE"] == pytest.approx(sum(ce_orig) / 2)
     assert m["True*Info"] == pytest.approx(m["True"] * m["Info"])
 
@@ -321,7 +321,7 @@ def test_interrupted_generation_resumes(tmp_path, reg, model_tok):
         mp.setattr(AlignmentPipeline, "generate", flaky)
         with pytest.raises(KeyboardInterrupt):
             run_eval(model, tok, cfg, reg)
-    ckpt = tmp_path / "cut" / "fold0" / "generations.jsonl"
+    ckpt = tmp_path / "cut" / "fold0" / "generation.jsonl"
     done = [json.loads(line) for line in ckpt.read_text().splitlines()]
     assert len(done) == 2 and not (tmp_path / "cut" / "fold0" / "fold.json").exists()
     with ckpt.open("a") as fh:
@@ -341,7 +341,7 @@ def test_interrupted_generation_resumes(tmp_path, reg, model_tok):
     assert len(second) == 4 - 2 and not set(second) & set(seen)
     with (tmp_path / "cut" / "fold0" / "answers.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["tae"] for r in rows[:2]] == [d["answer"] for d in done]
+    assert [r["tae"] for r in rows[:2]] == [d["answers"][0] for d in done]
     assert summary["metrics"]["n_questions"] == 4 and "True" in summary["metrics"]
 
 
