@@ -1,0 +1,3 @@
+"""Entry module of the ``tae-bias`` plugin (cheap to import: no torch work here)."""
+
+from __future__ import annotations
