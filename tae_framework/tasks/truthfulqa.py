@@ -549,13 +549,12 @@ def load_truthfulqa(
     """
     questions = _load_source(source, cache_dir)
     if csv_path is None:
+        if all(q.csv_correct_answers is not None for q in questions):
+            return questions  # loaded from the CSV itself
         path = Path(source).expanduser()
         if path.is_dir() and (path / "TruthfulQA.csv").is_file():
             csv_path = path / "TruthfulQA.csv"
-    if csv_path is not None and not (
-        Path(source).expanduser().is_file()
-        and Path(csv_path).expanduser().resolve() == Path(source).expanduser().resolve()
-    ):
+    if csv_path is not None:
         questions = attach_csv_lists(questions, csv_path)
     return questions
 
