@@ -1,10 +1,9 @@
 """The ``tae`` command line: fit, generate, eval and sweep on a tiny model saved to disk,
 ``load_model``, and the errors of bad input.
 
-The commands are called through the functions ``tae`` forwards them to
-(``tae_framework.evaluation.runner.*_main``): ``tae_framework.cli.main`` cannot forward
-an argument list that starts with an option yet (see
-``test_cli_main_forwards_options_to_the_runner``).
+The commands are called through ``tae_framework.cli.main``, which dispatches to the
+command modules of ``tae_framework.commands`` (one per command, each exposing
+``build_parser`` and ``main``).
 """
 
 from __future__ import annotations
@@ -16,9 +15,10 @@ import pytest
 import torch
 
 from tae_framework import AlignmentPipeline, cli
+from tae_framework.commands import COMMANDS as COMMAND_MODULES
+from tae_framework.commands import parser_for
+from tae_framework.commands._common import parse_assignments
 from tae_framework.errors import ConfigError
-from tae_framework.evaluation import runner
-from tae_framework.evaluation.runner import parse_assignments
 from tae_framework.models.loading import load_model
 from tae_framework.testing.models import tiny_model
 
@@ -31,17 +31,11 @@ TASK = [
     "--task-option", "instruction=false",
 ]  # fmt: skip
 FAST = ["--set", "prober.top_k=2", "--set", "intervener.alpha=6", "--set", "source.progress=false"]
-COMMANDS = {
-    "eval": runner.eval_main,
-    "fit": runner.fit_main,
-    "generate": runner.generate_main,
-    "sweep": runner.sweep_main,
-}
 
 
 def main(argv: list[str]) -> int:
-    """``tae COMMAND ARGS...``: the function ``tae`` forwards COMMAND to, with ARGS."""
-    return COMMANDS[argv[0]](argv[1:])
+    """``tae COMMAND ARGS...`` through the real entry point."""
+    return cli.main(argv)
 
 
 @pytest.fixture(scope="module")
@@ -278,3 +272,14 @@ def test_parse_assignments_reads_json_values():
 def test_cli_main_forwards_options_to_the_runner(tmp_path, capsys):
     assert cli.main(["sweep", "--model", str(tmp_path / "m"), "--k", "8,x"]) == 2
     assert "comma-separated list of numbers" in capsys.readouterr().err
+
+
+def test_every_command_module_exposes_its_parser_and_help():
+    for words, module in COMMAND_MODULES.items():
+        parser = parser_for(words)
+        assert parser.prog == "tae " + " ".join(words), module
+        mod = __import__(module, fromlist=["main"])
+        assert callable(mod.main) and mod.HELP.strip()
+    top = cli.build_parser().format_help()
+    for words in COMMAND_MODULES:
+        assert words[0] in top

@@ -166,56 +166,6 @@ def config_reference() -> str:
 # ---------------------------------------------------------------------------------------
 # command line reference
 # ---------------------------------------------------------------------------------------
-class _Captured(Exception):
-    def __init__(self, parser: argparse.ArgumentParser):
-        self.parser = parser
-
-
-def module_parser(module_name: str, func_name: str) -> argparse.ArgumentParser | None:
-    """The argparse parser a forwarded ``tae`` subcommand builds, without running it.
-
-    Looks for a parser factory in the module (``build_parser``, ``<func>_parser``,
-    ``_parser``); else calls the entry function with ``parse_args`` intercepted, which
-    only happens when the function's source calls ``parse_args`` itself.
-    """
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        return None
-    if not callable(getattr(module, func_name, None)):
-        return None  # the subcommand would fail: never show a parser for it
-    from tae_framework.cli import forwarded_parser
-
-    parser = forwarded_parser(module, func_name)
-    if parser is not None:
-        return parser
-    func = getattr(module, func_name, None)
-    if func is None:
-        return None
-    try:
-        source = inspect.getsource(func)
-    except (OSError, TypeError):
-        return None
-    if "parse_args" not in source and "parse_known_args" not in source:
-        return None
-    original = (argparse.ArgumentParser.parse_args, argparse.ArgumentParser.parse_known_args)
-
-    def capture(self, *args, **kwargs):
-        raise _Captured(self)
-
-    argparse.ArgumentParser.parse_args = capture  # type: ignore[method-assign]
-    argparse.ArgumentParser.parse_known_args = capture  # type: ignore[method-assign]
-    try:
-        func([])
-    except _Captured as hit:
-        return hit.parser
-    except BaseException:  # noqa: BLE001 - anything else: no parser to show
-        return None
-    finally:
-        argparse.ArgumentParser.parse_args, argparse.ArgumentParser.parse_known_args = original  # type: ignore[method-assign]
-    return None
-
-
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -223,17 +173,9 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return {}
 
 
-def _forward_target(parser: argparse.ArgumentParser) -> tuple[str, str] | None:
-    func = parser.get_default("func")
-    if func is None or not getattr(func, "__closure__", None):
-        return None
-    values = [c.cell_contents for c in func.__closure__]
-    strings = [v for v in values if isinstance(v, str)]
-    if len(strings) == 2:
-        module = next(s for s in strings if "." in s)
-        name = next(s for s in strings if s != module)
-        return module, name
-    return None
+def _command_module(parser: argparse.ArgumentParser) -> str | None:
+    """The module a ``tae`` sub-command dispatches to (see ``tae_framework.commands``)."""
+    return parser.get_default("command_module")
 
 
 def _help(parser: argparse.ArgumentParser) -> str:
@@ -257,20 +199,15 @@ def cli_reference() -> str:
                 walk(command, sub)
                 continue
             out.append(f"\n## `{command}`\n")
-            target = _forward_target(sub)
-            if target is None:
+            module = _command_module(sub)
+            if module is None:
                 out.append("```text\n" + _help(sub) + "\n```\n")
                 continue
-            module, func = target
-            real = module_parser(module, func)
-            if real is None:
-                out.append(
-                    f"Forwarded to `{module}.{func}`, which is not available in this build "
-                    "(the module is missing or builds no argparse parser).\n"
-                )
-                continue
+            from tae_framework.commands import parser_for
+
+            real = parser_for(module)
             real.prog = command
-            out.append(f"Implemented by `{module}.{func}`.\n")
+            out.append(f"Implemented by `{module}`.\n")
             out.append("```text\n" + _help(real) + "\n```\n")
 
     with contextlib.redirect_stdout(io.StringIO()):

@@ -19,8 +19,9 @@ cannot rot. The rules (also on the docs page ``contributing.md``):
 
   - ``tae plugins ...`` is run (in-process);
   - any other ``tae ...`` command goes through the real ``tae_framework.cli.main`` up to
-    the subcommand's own argparse parser, which must accept the arguments; the
-    subcommand itself is never run (so GPU commands are checked here too);
+    the command module it dispatches to, whose own argparse parser
+    (``tae_framework.commands.parser_for``) must accept the arguments; the command
+    itself is never run (so GPU commands are checked here too);
   - ``make TARGET`` must name a Makefile target;
   - ``pip install ...``: local paths must exist (in the repository or written by the
     page), requirement names must be this project, a first-party plugin or an installed
@@ -39,10 +40,8 @@ cannot rot. The rules (also on the docs page ``contributing.md``):
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
-import inspect
 import io
 import json
 import os
@@ -55,8 +54,6 @@ from pathlib import Path
 
 import pytest
 import tomllib
-
-from tae_framework.cli import forwarded_parser
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
@@ -123,67 +120,14 @@ def _page_id(page: Path) -> str:
 # -------------------------------------------------------------------------------------
 # tae command lines
 # -------------------------------------------------------------------------------------
-class _Parsed(Exception):
-    """Raised once a subcommand's own parser has accepted its arguments."""
-
-    def __init__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace):
-        super().__init__(parser.prog)
-        self.parser, self.namespace = parser, namespace
-
-
-@contextlib.contextmanager
-def intercept_parsing(on_parsed):
-    """Patch argparse so that ``on_parsed(parser, namespace)`` runs when the outermost
-    ``parse_args``/``parse_known_args`` call of any parser has finished (after argparse
-    has rejected unknown arguments, for ``parse_args``)."""
-    original_pa = argparse.ArgumentParser.parse_args
-    original_pk = argparse.ArgumentParser.parse_known_args
-    depth = [0]
-
-    def parse_known_args(self, args=None, namespace=None):
-        depth[0] += 1
-        try:
-            ns, extra = original_pk(self, args, namespace)
-        finally:
-            depth[0] -= 1
-        if depth[0] == 0:
-            on_parsed(self, ns)
-        return ns, extra
-
-    def parse_args(self, args=None, namespace=None):
-        depth[0] += 1
-        try:
-            ns = original_pa(self, args, namespace)
-        finally:
-            depth[0] -= 1
-        if depth[0] == 0:
-            on_parsed(self, ns)
-        return ns
-
-    argparse.ArgumentParser.parse_args = parse_args  # type: ignore[method-assign]
-    argparse.ArgumentParser.parse_known_args = parse_known_args  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        argparse.ArgumentParser.parse_args = original_pa  # type: ignore[method-assign]
-        argparse.ArgumentParser.parse_known_args = original_pk  # type: ignore[method-assign]
-
-
-def _forward_target(func) -> tuple[str, str] | None:
-    cells = [c.cell_contents for c in (getattr(func, "__closure__", None) or ())]
-    strings = [c for c in cells if isinstance(c, str)]
-    if len(strings) == 2:
-        module = next((s for s in strings if "." in s), None)
-        name = next((s for s in strings if s != module), None)
-        if module and name:
-            return module, name
-    return None
-
-
 def check_tae(argv: list[str], where: str, capsys) -> None:
-    """Run ``tae argv`` through the real ``cli.main`` until the subcommand's own parser
-    has accepted the arguments; nothing else runs (``tae plugins`` excepted)."""
-    from tae_framework import cli
+    """Run ``tae argv`` through the real ``cli.main`` up to the command module it
+    dispatches to, then check that the command's own parser
+    (:func:`tae_framework.commands.parser_for`) accepts the arguments; nothing else runs
+    (``tae plugins`` excepted)."""
+    from types import SimpleNamespace
+
+    from tae_framework import cli, commands
 
     shown = "tae " + shlex.join(argv)
     if argv[:1] == ["plugins"]:
@@ -192,50 +136,37 @@ def check_tae(argv: list[str], where: str, capsys) -> None:
         assert rc == 0, f"{where}: `{shown}` exited with {rc}: {out.err}"
         assert out.out.strip(), f"{where}: `{shown}` printed nothing"
         return
-    calls: list[tuple[str, str, list[str]]] = []
+    calls: list[tuple[str, list[str]]] = []
+    real_load = commands.load
 
-    def on_parsed(parser, ns):
-        if parser.prog != "tae":
-            raise _Parsed(parser, ns)
-        target = _forward_target(getattr(ns, "func", None))
-        assert target is not None, f"{where}: `{shown}`: no rule for a non-forwarded subcommand"
+    def recording_load(command):
+        module = real_load(command)
 
-        def record(args):
-            calls.append((*target, list(args.rest)))
+        def record(rest):
+            calls.append((module.__name__, list(rest)))
             return 0
 
-        ns.func = record
+        return SimpleNamespace(HELP=module.HELP, main=record, __name__=module.__name__)
 
     err = io.StringIO()
-    with intercept_parsing(on_parsed), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    commands.load = recording_load
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                rc = cli.main(argv)
+            except SystemExit:
+                raise AssertionError(f"{where}: `{shown}` is rejected by the tae CLI:\n{err.getvalue()}") from None
+    finally:
+        commands.load = real_load
+    assert rc == 0 and calls, f"{where}: `{shown}` did not reach a command"
+    module_name, rest = calls[0]
+    parser = commands.parser_for(module_name)
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
-            rc = cli.main(argv)
-        except SystemExit:
-            raise AssertionError(f"{where}: `{shown}` is rejected by the tae CLI:\n{err.getvalue()}") from None
-        assert rc == 0 and calls, f"{where}: `{shown}` did not reach a subcommand"
-        module_name, func_name, rest = calls[0]
-        module = importlib.import_module(module_name)
-        func = getattr(module, func_name, None)
-        assert callable(func), (
-            f"{where}: `{shown}`: tae forwards to {module_name}.{func_name}, which does not exist, "
-            "so the command fails"
-        )
-        source = inspect.getsource(func)
-        try:
-            if "parse_args" in source or "parse_known_args" in source:
-                func(list(rest))  # stops with _Parsed as soon as its parser has accepted `rest`
-                raise AssertionError(f"{where}: {module_name}.{func_name} returned without parsing its arguments")
-            parser = forwarded_parser(module, func_name)
-            assert parser is not None, (
-                f"{where}: cannot find the argparse parser of {module_name}.{func_name} to check `{shown}`"
-            )
-            parser.parse_args(list(rest))
-        except _Parsed:
-            return
+            parser.parse_args(rest)
         except SystemExit:
             raise AssertionError(
-                f"{where}: `{shown}`: the parser of {module_name}.{func_name} rejects the arguments:\n"
-                f"{err.getvalue()}"
+                f"{where}: `{shown}`: the parser of {module_name} rejects the arguments:\n{err.getvalue()}"
             ) from None
 
 

@@ -1,0 +1,215 @@
+"""Options shared by the evaluation commands, and turning them into an :class:`EvalConfig`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = [
+    "add_eval_args",
+    "add_method_args",
+    "add_model_args",
+    "add_task_args",
+    "csv_list",
+    "eval_config_from_args",
+    "fail",
+    "load_model_from_args",
+    "method_from_args",
+    "parse_assignments",
+]
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        low = text.strip().lower()
+        if low in ("true", "false"):
+            return low == "true"
+        if low in ("none", "null"):
+            return None
+        return text
+
+
+def parse_assignments(items: Sequence[str], what: str = "--set", dotted: bool = True) -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` (``role.key=value`` when ``dotted``) into a nested dict.
+
+    Values are parsed as JSON when possible (``8``, ``0.5``, ``true``, ``[1, 2]``,
+    ``{"a": 1}``), else kept as strings.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{what} {item!r} is not KEY=VALUE (e.g. {what} prober.top_k=8)")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"{what} {item!r} has an empty key")
+        value = _parse_value(raw)
+        parts = key.split(".") if dotted else [key]
+        if any(not p for p in parts):
+            raise ConfigError(f"{what} {item!r}: the key {key!r} has an empty part")
+        node = out
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"{what} {item!r} conflicts with an earlier value of {p!r}")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def parse_protocol_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``--protocol-option KEY.NAME=VALUE`` (one protocol of the task) or ``NAME=VALUE``
+    (every protocol that has the option) -> ``{key or "*": {name: value}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, _ = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--protocol-option {item!r} is not [KEY.]NAME=VALUE (e.g. generation.num_samples=25)")
+        scoped = "." in key
+        parsed = parse_assignments([item if scoped else f"*.{item}"], "--protocol-option")
+        for proto, opts in parsed.items():
+            if not isinstance(opts, dict) or any(isinstance(v, dict) for v in opts.values()):
+                raise ConfigError(f"--protocol-option {item!r}: use KEY.NAME=VALUE with one dot")
+            out.setdefault(proto, {}).update(opts)
+    return out
+
+
+def csv_list(text: str, cast: Callable[[str], Any], what: str) -> list[Any]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        return [cast(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"{what} {text!r} must be a comma-separated list of numbers") from None
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=True, help="hub id or local directory of a causal LM")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (device_map)")
+    g.add_argument("--trust-remote-code", action="store_true", help="allow the model repository's code")
+
+
+def add_method_args(p: argparse.ArgumentParser, saved: bool = True) -> None:
+    g = p.add_argument_group("method")
+    m = g.add_mutually_exclusive_group()
+    m.add_argument("--preset", default=None, help="preset name (default: tae)")
+    if saved:
+        m.add_argument("--pipeline", default=None, help="a saved pipeline directory")
+    m.add_argument("--config", default=None, help="a pipeline config JSON file")
+    g.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="ROLE.KEY=VALUE",
+        help="override a component config value (JSON values), e.g. prober.top_k=8; repeatable",
+    )  # fmt: skip
+
+
+def add_task_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("task")
+    g.add_argument("--task", default="truthfulqa", help="task name (default: truthfulqa)")
+    g.add_argument(
+        "--task-option", dest="task_options", action="append", default=[], metavar="KEY=VALUE",
+        help="task option, e.g. source=../shared/data/truthful_qa or limit=20; repeatable",
+    )  # fmt: skip
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--judge", default=None, help="judge name, or 'none' to skip judging (default: the task's)")
+    g.add_argument(
+        "--judge-option", dest="judge_options", action="append", default=[], metavar="KEY=VALUE",
+        help="judge config value, e.g. dtype=float16; repeatable",
+    )  # fmt: skip
+    g.add_argument(
+        "--protocol-option", dest="protocol_options", action="append", default=[], metavar="[KEY.]NAME=VALUE",
+        help="option of one of the task's protocols (KEY.NAME=VALUE, e.g. generation.num_samples=25) or of "
+        "every protocol that has it (NAME=VALUE); repeatable",
+    )  # fmt: skip
+    g.add_argument("--no-mc", action="store_true", help="skip the multiple-choice protocols")
+    g.add_argument("--no-generation", action="store_true", help="skip generation and judging")
+    g.add_argument("--max-new-tokens", type=int, default=None, help="generation length (default: the task's)")
+    g.add_argument("--side-effects", action="store_true", help="measure CE/KL on held-out texts")
+    g.add_argument("--side-effects-texts", default=None, help="file or hub id of held-out texts (implies --side-effects)")
+    g.add_argument("--side-effects-n", type=int, default=None, help="number of held-out texts (default 100)")
+    g.add_argument("--side-effects-max-tokens", type=int, default=None, help="tokens per held-out text (default 128)")
+    g.add_argument("--folds", default=None, help="comma-separated fold indices (default: all)")
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--out", default="results", help="parent folder of run directories")
+    g.add_argument("--run", default=None, help="run name (default: <method>-<task>)")
+    g.add_argument("--tag", default=None, help="model tag in the answer files")
+    g.add_argument("--baseline", action="store_true", help="also evaluate the unedited model")
+    g.add_argument("--overwrite", action="store_true", help="start the run directory again")
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def method_from_args(args: argparse.Namespace) -> str:
+    if getattr(args, "pipeline", None):
+        return args.pipeline
+    if args.config:
+        return args.config
+    return args.preset or "tae"
+
+
+def _judge_from_args(args: argparse.Namespace) -> Any:
+    if args.judge is None:
+        if args.judge_options:
+            raise ConfigError("--judge-option needs --judge NAME")
+        return "task"
+    if args.judge.strip().lower() == "none":
+        if args.judge_options:
+            raise ConfigError("--judge-option was given with --judge none")
+        return None
+    return {"type": args.judge, "config": parse_assignments(args.judge_options, "--judge-option", dotted=False)}
+
+
+def eval_config_from_args(args: argparse.Namespace, strength_figures: int) -> Any:
+    from ..evaluation.config import EvalConfig
+
+    data: dict[str, Any] = {
+        "task": args.task,
+        "task_options": parse_assignments(args.task_options, "--task-option", dotted=False),
+        "method": method_from_args(args),
+        "overrides": parse_assignments(args.sets),
+        "refit": bool(getattr(args, "refit", False)),
+        "judge": _judge_from_args(args),
+        "mc": not args.no_mc,
+        "generation": not args.no_generation,
+        "max_new_tokens": args.max_new_tokens,
+        "side_effects": args.side_effects or args.side_effects_texts is not None,
+        "side_effects_texts": args.side_effects_texts,
+        "side_effects_n": args.side_effects_n,
+        "side_effects_max_tokens": args.side_effects_max_tokens,
+        "protocol_options": parse_protocol_options(args.protocol_options),
+        "folds": csv_list(args.folds, int, "--folds") if args.folds else None,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "out_dir": args.out,
+        "run": args.run,
+        "tag": args.tag,
+        "baseline": args.baseline,
+        "strength_figures": strength_figures,
+        "progress": not args.no_progress,
+    }
+    return EvalConfig.parse(data)
+
+
+def load_model_from_args(args: argparse.Namespace):
+    from ..models.loading import load_model
+
+    return load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+
+
+def fail(prog: str, exc: BaseException) -> int:
+    print(f"{prog}: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def argv_of(command: str, argv: Sequence[str] | None) -> list[str]:
+    return ["tae", command, *argv] if argv is not None else list(sys.argv)

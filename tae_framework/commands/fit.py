@@ -1,0 +1,101 @@
+"""``tae fit``: fit a preset or config on contrast data or on one fold of a task, and
+save the fitted pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, TAEError
+from ._common import (
+    add_method_args,
+    add_model_args,
+    fail,
+    load_model_from_args,
+    method_from_args,
+    parse_assignments,
+)
+
+__all__ = ["HELP", "build_parser", "main"]
+
+HELP = "fit a preset or config and save the pipeline"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tae fit",
+        description="Fit a method on contrast data (a JSONL/CSV file) or on one fold of a task, "
+        "and save the fitted pipeline (config.json + tensors.safetensors).",
+    )
+    add_model_args(parser)
+    add_method_args(parser, saved=False)
+    src = parser.add_argument_group("data").add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", default=None, help="contrast data: .jsonl / .csv with prompt, completion, label[, group]")
+    src.add_argument("--task", default=None, help="fit on a task's fold (e.g. truthfulqa)")
+    parser.add_argument(
+        "--task-option", dest="task_options", action="append", default=[], metavar="KEY=VALUE",
+        help="task option, e.g. source=../shared/data/truthful_qa; repeatable",
+    )  # fmt: skip
+    parser.add_argument("--fold", type=int, default=0, help="with --task: the fold to fit on (default 0)")
+    parser.add_argument("--out", required=True, help="directory to save the pipeline to")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing pipeline in --out")
+    return parser
+
+
+def _data(args: argparse.Namespace, reg: Any) -> tuple[Any, Any, dict[str, Any]]:
+    options = parse_assignments(args.task_options, "--task-option", dotted=False)
+    if options and args.task is None:
+        raise ConfigError("--task-option needs --task")
+    if args.task is None:
+        from ..data import ContrastDataset
+
+        return ContrastDataset.load(args.data), None, options
+    task = reg.task(args.task, **options)
+    fold = task.fold(args.fold)
+    return task.fitting_data(fold), fold, options
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    from ..evaluation.methods import resolve_method
+    from ..evaluation.rundir import FIT_INFO_FILE, now, seed_everything, write_json
+    from ..pipeline import CONFIG_FILE
+    from ..plugins import default_registry
+
+    try:
+        reg = default_registry()
+        out = Path(args.out).expanduser()
+        if (out / CONFIG_FILE).exists() and not args.overwrite:
+            raise ConfigError(f"{out} already holds a pipeline: pass --overwrite or another --out")
+        method = resolve_method(method_from_args(args), parse_assignments(args.sets), reg)
+        data, fold, options = _data(args, reg)
+        model, tok = load_model_from_args(args)
+        pipe = method.new_pipeline(reg)
+        seed_everything(pipe.config.seed)
+        start = time.perf_counter()
+        pipe.fit(model, tok, data, validation_groups=list(fold.val) if fold is not None else None)
+        pipe.save(out)
+        write_json(
+            out / FIT_INFO_FILE,
+            {
+                "task": args.task,
+                "task_options": options,
+                "fold": None if fold is None else fold.index,
+                "data": args.data,
+                "question_ids": sorted({e.group for e in data.examples if e.group is not None}) if fold is not None else [],
+                "validation_ids": [] if fold is None else list(fold.val),
+                "model": args.model,
+                "created": now(),
+            },
+        )
+    except TAEError as exc:
+        return fail("tae fit", exc)
+    t = pipe.targets_
+    heads = ", ".join(f"L{a}H{b}" for a, b in zip(t.layers.tolist(), t.units.tolist()))
+    print(f"fitted {method.name} on {len(data)} examples in {time.perf_counter() - start:.1f}s")
+    print(f"edited heads ({t.num_targets}): {heads}")
+    print(f"saved to {out}")
+    return 0
