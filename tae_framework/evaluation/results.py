@@ -27,17 +27,14 @@ each file is one fold (see :func:`~tae_framework.evaluation.metrics.aggregate_fo
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DataError, TAEError
+from ..errors import ConfigError, DataError
 from .metrics import aggregate_folds, find_best_index, mc_scores, split_multi_answer
 
 __all__ = [
@@ -261,6 +258,42 @@ def _models_in(header: Sequence[str]) -> list[str]:
     return tags
 
 
+def _row_metrics(
+    row: Mapping[str, str], where: _Where, model: str, needed: Sequence[str], has_mc: bool,
+    judges: Mapping[str, str], check_incorrect: bool,
+) -> dict[str, float]:
+    """MC1/MC2/MC3 (recomputed from the score columns) and judge decisions of one row."""
+    out: dict[str, float] = {}
+    for col in needed:
+        if row.get(col) is None:
+            raise DataError(f"{where(col)} is missing: the row has fewer cells than the header")
+    if has_mc:
+        t_col, f_col = f"{model}{_SCORES_TRUE}", f"{model}{_SCORES_FALSE}"
+        t = _parse_scores(row[t_col], where(t_col))
+        f = _parse_scores(row[f_col], where(f_col))
+        refs = split_multi_answer(row["Correct Answers"])
+        if len(refs) != len(t):
+            raise DataError(
+                f"{where(t_col)} has {len(t)} score(s) but column 'Correct Answers' has "
+                f"{len(refs)} answer(s) after splitting on ';': they must match one to one"
+            )
+        if check_incorrect:
+            wrong = split_multi_answer(row["Incorrect Answers"] or "")
+            if len(wrong) != len(f):
+                raise DataError(
+                    f"{where(f_col)} has {len(f)} score(s) but column 'Incorrect Answers' has "
+                    f"{len(wrong)} answer(s) after splitting on ';': they must match one to one"
+                )
+        try:
+            best = find_best_index(row["Best Answer"], row["Correct Answers"])
+        except DataError as exc:
+            raise DataError(f"{where('Best Answer')}: {exc}") from None
+        out.update(mc_scores(t, f, best))
+    for metric, col in judges.items():
+        out[metric] = _parse_acc(row.get(col), where(col))
+    return out
+
+
 def read_answer_file(
     path: str | Path, model: str | None = None, judge: str | None = None
 ) -> dict[str, Any]:
@@ -334,34 +367,8 @@ def read_answer_file(
         out[m] = []
     for n, (line, row) in enumerate(rows, start=1):
         where = _Where(path, n, line, (row.get("Question") or "").strip())
-        for col in needed:
-            if row.get(col) is None:
-                raise DataError(f"{where(col)} is missing: the row has fewer cells than the header")
-        if has_mc:
-            t_col, f_col = f"{model}{_SCORES_TRUE}", f"{model}{_SCORES_FALSE}"
-            t = _parse_scores(row[t_col], where(t_col))
-            f = _parse_scores(row[f_col], where(f_col))
-            refs = split_multi_answer(row["Correct Answers"])
-            if len(refs) != len(t):
-                raise DataError(
-                    f"{where(t_col)} has {len(t)} score(s) but column 'Correct Answers' has "
-                    f"{len(refs)} answer(s) after splitting on ';': they must match one to one"
-                )
-            if "Incorrect Answers" in header:
-                wrong = split_multi_answer(row["Incorrect Answers"] or "")
-                if len(wrong) != len(f):
-                    raise DataError(
-                        f"{where(f_col)} has {len(f)} score(s) but column 'Incorrect Answers' has "
-                        f"{len(wrong)} answer(s) after splitting on ';': they must match one to one"
-                    )
-            try:
-                best = find_best_index(row["Best Answer"], row["Correct Answers"])
-            except DataError as exc:
-                raise DataError(f"{where('Best Answer')}: {exc}") from None
-            for k, v in mc_scores(t, f, best).items():
-                out[k].append(v)
-        for metric, col in judges.items():
-            out[metric].append(_parse_acc(row.get(col), where(col)))
+        for key, value in _row_metrics(row, where, model, needed, has_mc, judges, "Incorrect Answers" in header).items():
+            out[key].append(value)
     return out
 
 
@@ -432,26 +439,8 @@ def format_rescore(result: Mapping[str, Any]) -> str:
 
 
 def rescore_main(argv: Sequence[str] | None = None) -> int:
-    """``tae truthfulqa rescore FILE.csv [FILE.csv ...] [--json] [--model TAG] [--judge NAME]``."""
-    parser = argparse.ArgumentParser(
-        prog="tae truthfulqa rescore",
-        description="Recompute MC1/MC2/MC3, True, Info and True*Info from TruthfulQA answer files "
-        "(the TruthfulQA tooling's CSV format); each file is one fold.",
-    )
-    parser.add_argument("files", nargs="+", metavar="FILE.csv", help="answer files, one per fold")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--model", default=None, help="model tag when a file holds several models")
-    parser.add_argument(
-        "--judge", default=None, help="judge name when a file holds several judges (e.g. GPT)"
-    )
-    args = parser.parse_args(list(argv) if argv is not None else None)
-    try:
-        result = rescore(args.files, model=args.model, judge=args.judge)
-    except TAEError as exc:
-        print(f"tae truthfulqa rescore: error: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(format_rescore(result))
-    return 0
+    """``tae truthfulqa rescore FILE.csv [FILE.csv ...] [--json] [--model TAG] [--judge NAME]``
+    (:mod:`tae_framework.commands.truthfulqa_rescore`)."""
+    from ..commands.truthfulqa_rescore import main
+
+    return main(argv)
