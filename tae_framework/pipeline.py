@@ -15,36 +15,51 @@ state through ``config.json`` + ``tensors.safetensors`` (never pickle).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from ._io import atomic_save_safetensors, atomic_write_bytes
+from ._log import get_logger
 from ._version import __version__
 from .aggregators.base import GraphAggregator
-from .component import Component
+from .component import Component, tensor_sha256
 from .config import ComponentSpec, PipelineConfig
 from .data import ContrastDataset
-from .editing import EditScope, EditSession
-from .errors import ArtifactError, ConfigError, DataError, UnknownComponentError
+from .editing import EditScope, EditSession, is_installed
+from .errors import ArtifactError, ConfigError, DataError, TAEError, UnknownComponentError
 from .estimators.base import MisalignmentEstimator
 from .interveners.base import Intervener
 from .models.base import ModelAdapter, check_fingerprint
+from .models.loading import check_input_ids, check_prompts, warn_if_training
 from .probers.base import Prober
 from .registry import Registry
 from .sources.base import ActivationSource
 from .types import EditTargets, EstimatorInputs, ProbeInputs, TokenSequence
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 __all__ = ["CONFIG_FILE", "TENSORS_FILE", "AlignmentPipeline", "split_groups"]
 
 CONFIG_FILE = "config.json"
 TENSORS_FILE = "tensors.safetensors"
-FORMAT_VERSION = 1
+
+log = get_logger(__name__)
+
+#: Artifact format written by :meth:`AlignmentPipeline.save` (2: tensor checksums).
+FORMAT_VERSION = 2
 
 
 def split_groups(groups: torch.Tensor, validation_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,8 +177,8 @@ class AlignmentPipeline:
     # -- fit -------------------------------------------------------------------------
     def fit(
         self,
-        model,
-        tokenizer,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
         data: ContrastDataset | Any,
         tuning: Sequence[str] | None = None,
         *,
@@ -182,17 +197,15 @@ class AlignmentPipeline:
         info = shape.site(site)
         labels, groups = data.labels, data.groups
         if validation_groups is not None:
-            names = [e.group for e in data.examples]
-            wanted = {str(g) for g in validation_groups}
-            val = torch.tensor([n in wanted for n in names])
-            if not bool(val.any()) or bool(val.all()):
-                raise DataError("validation_groups must select some but not all groups of the data")
+            val = data.validation_mask(validation_groups)
             train = ~val
         else:
             train, val = split_groups(groups, self.config.validation_fraction, self.config.seed)
+        data.warn_duplicates_across(train, val)
         torch.manual_seed(self.config.seed)
 
         # Pass 1: features of every text (+ token-level validation activations).
+        log.info("fit: capturing %d texts at the %s site", len(data), site)
         want_tokens = self.prober.needs_token_validation
         feats = torch.empty(len(data), shape.num_layers, info.num_units, info.unit_dim)
         val_tokens: list[torch.Tensor] = []
@@ -215,6 +228,7 @@ class AlignmentPipeline:
             val_token_labels=torch.cat(val_token_labels) if val_token_labels else None,
             seed=self.config.seed,
         )
+        log.info("fit: probing %d layers x %d units", shape.num_layers, info.num_units)
         self.prober.fit(inputs)
         targets: EditTargets = self.prober.targets_
         targets.site = site
@@ -232,6 +246,7 @@ class AlignmentPipeline:
 
         # Pass 3: token-level data for the estimator (train texts only).
         if self.estimator is not None:
+            log.info("fit: fitting the estimator on %d training texts", int(train.sum()))
             idx = torch.nonzero(train).flatten().tolist()
             sub = data.subset(idx)
             seqs: list[TokenSequence] = []
@@ -274,7 +289,7 @@ class AlignmentPipeline:
         return adapter
 
     def apply(
-        self, model, scope: EditScope | str = "last", span: torch.Tensor | None = None, record: bool = False
+        self, model: PreTrainedModel, scope: EditScope | str = "last", span: torch.Tensor | None = None, record: bool = False
     ) -> EditSession:
         """A context manager that installs the fitted edits on ``model``.
 
@@ -286,23 +301,54 @@ class AlignmentPipeline:
         """
         adapter = self._check_model(model)
         session = self.intervener.install(model, adapter, EditScope.coerce(scope), record=record)
+        session.owner = self  # entering it while this pipeline's edits are active is an error
         if span is not None:
             session.set_span(span)
         return session
 
+    def _check_run(self, model, tokenizer, texts: list[str], extra: int, batch_size: Any, edit: bool, what: str, fix: str) -> None:
+        """Checks shared by :meth:`generate` and :meth:`score`, before any forward pass."""
+        _check_count("batch_size", batch_size)
+        if edit:
+            self._check_model(model)
+        elif is_installed(model, self):
+            raise TAEError(
+                f"{what} with edit=False inside `with pipe.apply(model)`: this pipeline's edits are "
+                "installed, so the results would be edited; call it outside the `with` block"
+            )
+        warn_if_training(model, what)
+        if texts:
+            ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
+            check_input_ids(model, tokenizer, ids, "prompt", extra_positions=extra, fix=fix)
+
     def generate(
         self,
-        model,
-        tokenizer,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
         prompts: Sequence[str],
         max_new_tokens: int = 50,
         batch_size: int = 8,
         edit: bool = True,
         **generate_kwargs: Any,
     ) -> list[str]:
-        """Greedy generation (left padding, KV cache) with the edits on the last position."""
+        """Greedy generation (left padding, KV cache) with the edits on the last position.
+
+        Raises:
+            DataError: ``prompts`` is a single string (wrap it in a list) or holds a
+                non-string; a prompt plus ``max_new_tokens`` exceeds the model's positions.
+            ConfigError: ``max_new_tokens`` / ``batch_size`` is not a positive integer;
+                the tokenizer produces ids outside the model's embedding.
+            TAEError: called inside ``with pipe.apply(model)`` (the edit would be
+                added twice, or ``edit=False`` would still be edited).
+        """
         from .generation import greedy_generate
 
+        prompts = check_prompts(prompts, "prompts")
+        _check_count("max_new_tokens", max_new_tokens)
+        self._check_run(
+            model, tokenizer, prompts, int(max_new_tokens), batch_size, edit, "generation",
+            "shorten the prompt or lower max_new_tokens",
+        )
         return greedy_generate(
             model,
             tokenizer,
@@ -314,11 +360,25 @@ class AlignmentPipeline:
         )
 
     def score(
-        self, model, tokenizer, prompts: Sequence[str], completions: Sequence[str], batch_size: int = 8, edit: bool = True
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], completions: Sequence[str], batch_size: int = 8, edit: bool = True
     ) -> torch.Tensor:
-        """Summed log-probability of each completion given its prompt, edits on the completion tokens."""
+        """Summed log-probability of each completion given its prompt, edits on the completion tokens.
+
+        Raises the same errors as :meth:`generate` for bad prompts, completions (one per
+        prompt) and models.
+        """
         from .generation import answer_logprobs
 
+        prompts = check_prompts(prompts, "prompts")
+        completions = check_prompts(completions, "completions")
+        if len(prompts) != len(completions):
+            raise DataError(
+                f"got {len(prompts)} prompts and {len(completions)} completions: give one completion per prompt"
+            )
+        self._check_run(
+            model, tokenizer, [p + c for p, c in zip(prompts, completions)], 0, batch_size, edit,
+            "scoring", "shorten the prompt or the completion",
+        )
         return answer_logprobs(
             model,
             tokenizer,
@@ -339,14 +399,31 @@ class AlignmentPipeline:
         }
         return {k: v for k, v in roles.items() if v is not None}
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``tensors.safetensors`` to ``directory``."""
+    def save(self, directory: str | Path, overwrite: bool = False) -> Path:
+        """Write ``config.json`` and ``tensors.safetensors`` to ``directory``.
+
+        Both files are written completely to a temporary folder, then renamed into place:
+        a failed save leaves a previous artifact as it was and never a half-written file. ``config.json``
+        records a SHA-256 checksum of every tensor, verified by :meth:`load`.
+
+        Args:
+            directory: the artifact folder (created with its parents when missing). Other
+                files already in it are kept.
+            overwrite: replace a different pipeline already saved in ``directory``.
+                Without it that is an :class:`~tae_framework.errors.ArtifactError` and
+                nothing is written. Saving the same fitted pipeline again is allowed.
+
+        Raises:
+            NotFittedError: the pipeline is not fitted.
+            ArtifactError: ``directory`` is a file, sits under a file, holds another
+                pipeline (without ``overwrite``) or cannot be written.
+        """
         if not self.is_fitted:
             from .errors import NotFittedError
 
             raise NotFittedError("cannot save an unfitted pipeline: call fit(...) first")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = Path(directory).expanduser()
+        _check_save_target(directory)
         tensors: dict[str, torch.Tensor] = {}
         components: dict[str, Any] = {}
         for role, comp in self._roles().items():
@@ -365,18 +442,63 @@ class AlignmentPipeline:
             "components": components,
             "model": self.fingerprint_,
             "tensor_keys": sorted(tensors),
+            "tensor_sha256": {key: tensor_sha256(value) for key, value in sorted(tensors.items())},
         }
-        tmp_cfg = directory / (CONFIG_FILE + ".tmp")
-        tmp_cfg.write_text(json.dumps(doc, indent=2, sort_keys=True))
-        save_file(tensors, str(directory / (TENSORS_FILE + ".tmp")), metadata={"format": str(FORMAT_VERSION)})
-        (directory / (TENSORS_FILE + ".tmp")).replace(directory / TENSORS_FILE)
-        tmp_cfg.replace(directory / CONFIG_FILE)
+        payload = json.dumps(doc, indent=2, sort_keys=True)
+        cfg_path = directory / CONFIG_FILE
+        if directory.is_dir() and (cfg_path.exists() or (directory / TENSORS_FILE).exists()) and not overwrite:
+            same = False
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                same = cfg_path.read_text() == payload and _tensors_match(directory / TENSORS_FILE, doc)
+            if same:
+                return directory  # this very pipeline is already saved there
+            raise ArtifactError(
+                f"{directory} already holds a saved pipeline: nothing was written. Pass "
+                "overwrite=True (tae fit --overwrite) to replace it, or save to another directory"
+            )
+        metadata = {"format": str(FORMAT_VERSION)}
+        exists = directory.is_dir()
+        try:
+            # Both files are written completely in a temporary folder first: a failed write
+            # (disk full, permissions) leaves any previous artifact as it was.
+            parent = directory if exists else directory.parent
+            parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
+            try:
+                atomic_save_safetensors(tmp / TENSORS_FILE, tensors, metadata)
+                atomic_write_bytes(tmp / CONFIG_FILE, payload.encode("utf-8"))
+                if exists:
+                    # Other files in the folder stay. Tensors first: the checksums in the
+                    # old config.json make a crash between the two renames a load error,
+                    # never a wrong pipeline.
+                    os.replace(tmp / TENSORS_FILE, directory / TENSORS_FILE)
+                    os.replace(tmp / CONFIG_FILE, cfg_path)
+                else:
+                    os.rename(tmp, directory)
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
+        except OSError as exc:
+            raise ArtifactError(
+                f"cannot save the pipeline to {directory} ({exc.strerror or exc}); choose a "
+                "writable directory"
+            ) from None
         return directory
 
     @classmethod
     def load(cls, directory: str | Path, registry: Registry | None = None) -> AlignmentPipeline:
-        """Load a pipeline saved by :meth:`save`."""
-        directory = Path(directory)
+        """Load a pipeline saved by :meth:`save`.
+
+        Every field of ``config.json`` is checked, and every tensor against the checksum
+        saved with it: a damaged or edited artifact is an
+        :class:`~tae_framework.errors.ArtifactError`, never a silently different pipeline.
+        """
+        directory = Path(directory).expanduser()
+        if directory.exists() and not directory.is_dir():
+            raise ArtifactError(
+                f"{directory} is a file, not a saved pipeline directory: pass the directory "
+                f"holding {CONFIG_FILE} and {TENSORS_FILE}"
+            )
         cfg_path, t_path = directory / CONFIG_FILE, directory / TENSORS_FILE
         for p in (cfg_path, t_path):
             if not p.is_file():
@@ -385,19 +507,39 @@ class AlignmentPipeline:
                     "save the pipeline again with pipeline.save(dir)"
                 )
         try:
-            doc = json.loads(cfg_path.read_text())
+            doc = json.loads(cfg_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ArtifactError(f"{cfg_path} is corrupted (not valid JSON: {exc}); save the pipeline again") from None
-        for key in ("pipeline", "components", "model"):
-            if key not in doc:
-                raise ArtifactError(f"{cfg_path} lacks the '{key}' entry; it was not written by AlignmentPipeline.save")
+        except OSError as exc:
+            raise ArtifactError(f"cannot read {cfg_path} ({exc.strerror or exc})") from None
+        _check_artifact_doc(doc, cfg_path)
         try:
             tensors = load_file(str(t_path))
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise ArtifactError(f"{t_path} is corrupted ({exc}); save the pipeline again") from None
-        missing = sorted(set(doc.get("tensor_keys", [])) - set(tensors))
+        missing = sorted(set(doc["tensor_keys"]) - set(tensors))
         if missing:
             raise ArtifactError(f"{t_path} lacks tensors {missing[:5]}: the artifact is incomplete; save it again")
+        sums = doc.get("tensor_sha256")
+        if sums is None:
+            warnings.warn(
+                f"{cfg_path} has no tensor checksums (artifact format {doc['format']}): its tensors "
+                "cannot be verified; save the pipeline again to add them",
+                stacklevel=2,
+            )
+        else:
+            extra = sorted(set(tensors) - set(sums))
+            if extra or set(sums) != set(doc["tensor_keys"]):
+                raise ArtifactError(
+                    f"{t_path} and {cfg_path} list different tensors ({(extra or sorted(set(sums) ^ set(doc['tensor_keys'])))[:5]}): "
+                    "the files come from different saves; save the pipeline again"
+                )
+            bad = [key for key in sorted(sums) if tensor_sha256(tensors[key]) != sums[key]]
+            if bad:
+                raise ArtifactError(
+                    f"{t_path} is corrupted: tensor(s) {bad[:5]} do not match the checksums in "
+                    f"{CONFIG_FILE} (the file was altered or damaged after saving); save the pipeline again"
+                )
         reg = registry if registry is not None else _default_registry()
         try:
             pipe = cls.from_config(doc["pipeline"], reg)
@@ -409,22 +551,134 @@ class AlignmentPipeline:
             raise UnknownComponentError(
                 f"{exc}\nthis artifact needs: {', '.join(sorted(needs))}"
             ) from None
+        except ConfigError as exc:
+            why = " ".join(line.strip(" -") for line in str(exc).splitlines())
+            raise ArtifactError(f"{cfg_path}: the saved 'pipeline' config is invalid ({why}); save the pipeline again") from None
         for role, comp in pipe._roles().items():
             entry = doc["components"].get(role)
             if entry is None:
                 continue
+            if entry["type"] != comp.name:
+                raise ArtifactError(
+                    f"{cfg_path}: components.{role}.type is {entry['type']!r} but pipeline.{role}.type is "
+                    f"{comp.name!r}: the file was edited; save the pipeline again"
+                )
             prefix = f"{role}/"
             part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
             comp.set_state(part, entry.get("state", {}))
         if pipe.estimator is not None and pipe.estimator.is_fitted:
             pipe.intervener.fit(pipe.intervener.targets_, pipe.estimator)
         pipe.fingerprint_ = doc["model"]
-        pipe.adapter_name_ = doc["model"].get("adapter") if isinstance(doc["model"], dict) else None
+        pipe.adapter_name_ = doc["model"].get("adapter")
         return pipe
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{r}={c.name}" for r, c in self._roles().items())
         return f"AlignmentPipeline({parts}, fitted={self.is_fitted})"
+
+
+def _check_count(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not hasattr(value, "__index__") or value.__index__() < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_save_target(directory: Path) -> None:
+    """Refuse, before anything is written, a target that is a file or lies under one."""
+    if directory.exists() and not directory.is_dir():
+        raise ArtifactError(
+            f"cannot save the pipeline to {directory}: it is an existing file, not a directory "
+            "(it was left untouched); choose a directory path"
+        )
+    for parent in directory.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ArtifactError(
+                    f"cannot save the pipeline to {directory}: {parent} is a file, not a directory "
+                    "(it was left untouched); choose a path under a directory"
+                )
+            break
+
+
+def _tensors_match(path: Path, doc: dict[str, Any]) -> bool:
+    """Whether the tensors file at ``path`` holds exactly the checksummed tensors of ``doc``."""
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return False
+    sums = doc["tensor_sha256"]
+    return set(tensors) == set(sums) and all(tensor_sha256(t) == sums[k] for k, t in tensors.items())
+
+
+_FINGERPRINT_FIELDS = {
+    "model_type": str,
+    "num_layers": int,
+    "num_heads": int,
+    "head_dim": int,
+    "hidden_size": int,
+    "vocab_size": int,
+}
+
+
+def _check_artifact_doc(doc: Any, path: Path) -> None:
+    """Validate the shape of a loaded ``config.json``; the error names the bad field."""
+
+    def bad(field: str, want: str, got: Any) -> ArtifactError:
+        shown = type(got).__name__ if isinstance(got, (dict, list)) else repr(got)
+        return ArtifactError(
+            f"{path}: field '{field}' should be {want}, got {shown}; the file was edited or "
+            "was not written by AlignmentPipeline.save: save the pipeline again"
+        )
+
+    if not isinstance(doc, dict):
+        raise bad("<root>", "a JSON object", doc)
+    for key in ("format", "pipeline", "components", "model", "tensor_keys"):
+        if key not in doc:
+            raise ArtifactError(
+                f"{path} lacks the '{key}' entry; it was not written by AlignmentPipeline.save: "
+                "save the pipeline again"
+            )
+    version = doc["format"]
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise bad("format", "an integer artifact format version", version)
+    if version > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path} has artifact format {version}, newer than this tae-framework {__version__} "
+            f"reads (up to {FORMAT_VERSION}): upgrade tae-framework"
+        )
+    if version < 1:
+        raise bad("format", f"an artifact format version between 1 and {FORMAT_VERSION}", version)
+    if not isinstance(doc["pipeline"], dict):
+        raise bad("pipeline", "an object (the pipeline config)", doc["pipeline"])
+    comps = doc["components"]
+    if not isinstance(comps, dict):
+        raise bad("components", "an object with one entry per role", comps)
+    for role, entry in comps.items():
+        if not isinstance(entry, dict):
+            raise bad(f"components.{role}", "an object", entry)
+        if not isinstance(entry.get("type"), str):
+            raise bad(f"components.{role}.type", "a component name (string)", entry.get("type"))
+        if not isinstance(entry.get("state", {}), dict):
+            raise bad(f"components.{role}.state", "an object", entry.get("state"))
+    model = doc["model"]
+    if not isinstance(model, dict):
+        raise bad("model", "an object (the model fingerprint)", model)
+    for key, kind in _FINGERPRINT_FIELDS.items():
+        value = model.get(key)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise bad(f"model.{key}", "a string" if kind is str else "an integer", value)
+    keys = doc["tensor_keys"]
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise bad("tensor_keys", "a list of tensor names", keys)
+    sums = doc.get("tensor_sha256")
+    if version >= 2 and sums is None:
+        raise ArtifactError(
+            f"{path} lacks the 'tensor_sha256' entry (required from artifact format 2); the file "
+            "was edited: save the pipeline again"
+        )
+    if sums is not None and (
+        not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values())
+    ):
+        raise bad("tensor_sha256", "an object mapping tensor names to checksums", sums)
 
 
 def _gather_targets(acts: torch.Tensor, layers: Sequence[int], targets: EditTargets, info) -> torch.Tensor:

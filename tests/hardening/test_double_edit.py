@@ -1,0 +1,69 @@
+"""Class 3: one pipeline's edit is never installed twice on the same model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hardening_support import FAST, contrast_records
+
+from tae_framework import AlignmentPipeline
+from tae_framework.editing import count_taps, is_installed
+from tae_framework.errors import TAEError
+
+PROMPT = ["Q: is c big? A:"]
+
+
+def test_nested_apply_is_an_error_and_leaves_the_outer_edit_alone(fitted):
+    pipe, model, tok = fitted
+    ids = tok(PROMPT, return_tensors="pt")
+    with torch.no_grad(), pipe.apply(model, "all"):
+        once = model(**ids).logits
+        taps = count_taps(model)
+        with pytest.raises(TAEError, match="already installed on this model.*added twice"), pipe.apply(model, "last"):
+            pass
+        assert count_taps(model) == taps  # the refused session installed nothing
+        torch.testing.assert_close(model(**ids).logits, once, rtol=0, atol=0)
+    assert count_taps(model) == 0 and not is_installed(model, pipe)
+
+
+@pytest.mark.parametrize("call", ["generate", "score"])
+def test_generate_or_score_inside_apply_is_an_error(fitted, call):
+    pipe, model, tok = fitted
+    run = {
+        "generate": lambda **kw: pipe.generate(model, tok, PROMPT, max_new_tokens=2, **kw),
+        "score": lambda **kw: pipe.score(model, tok, PROMPT, [" yes"], **kw),
+    }[call]
+    with pipe.apply(model):
+        with pytest.raises(TAEError, match="added twice"):
+            run()
+        with pytest.raises(TAEError, match="edit=False inside `with pipe.apply"):
+            run(edit=False)
+    assert count_taps(model) == 0
+    run()  # fine again outside the block
+
+
+def test_the_guard_is_released_after_an_exception(fitted):
+    pipe, model, tok = fitted
+    with pytest.raises(RuntimeError, match="boom"), pipe.apply(model):
+        raise RuntimeError("boom")
+    assert not is_installed(model, pipe) and count_taps(model) == 0
+    with pipe.apply(model):
+        assert is_installed(model, pipe)
+
+
+def test_two_different_pipelines_still_compose(fitted):
+    pipe, model, tok = fitted
+    other = AlignmentPipeline.from_preset("iti", **{**FAST, "prober": {"top_k": 2, "rank_on": "features"}})
+    other.fit(model, tok, contrast_records())
+    with pipe.apply(model), other.apply(model):
+        assert is_installed(model, pipe) and is_installed(model, other)
+    assert count_taps(model) == 0
+
+
+def test_sessions_are_independent_per_model(fitted):
+    from tae_framework.testing.models import tiny_model
+
+    pipe, model, tok = fitted
+    twin, _ = tiny_model("llama", fresh=True)
+    with pipe.apply(model), pipe.apply(twin):  # the same pipeline on two models: fine
+        pass
