@@ -33,7 +33,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from . import distributed
 from .errors import ConfigError, ModelMismatchError, TAEError
+from .models.placement import check_sites_placed
 from .types import EditTargets, Site, check_finite
 
 __all__ = ["EditScope", "EditSession", "LayerEdit", "Modulator", "count_taps", "is_installed", "layer_edits"]
@@ -276,13 +278,21 @@ class EditSession:
             return out
         return x + delta
 
+    def _edit_heads(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """A rank of a tensor-parallel model sees a slice of the heads: the edit is
+        computed on the whole site (gathered from every rank) and this rank keeps its slice."""
+        full = self.num_units * self.unit_dim
+        if x.shape[-1] == full:
+            return self._edit(layer, x)
+        return distributed.local_site(self._edit(layer, distributed.gather_site(x, full)), x.shape[-1])
+
     def _head_tap(self, layer: int):
         def tap(module: nn.Module, args: tuple, kwargs: dict):
             if args:
-                return (self._edit(layer, args[0]), *args[1:]), kwargs
+                return (self._edit_heads(layer, args[0]), *args[1:]), kwargs
             key = next(iter(kwargs))
             kwargs = dict(kwargs)
-            kwargs[key] = self._edit(layer, kwargs[key])
+            kwargs[key] = self._edit_heads(layer, kwargs[key])
             return args, kwargs
 
         return tap
@@ -322,6 +332,9 @@ class EditSession:
             self._registered = True
         try:
             layers = self.adapter.layers(self.model)
+            check_sites_placed(
+                self.model, [self.adapter.site_module(self.model, i, self.site) for i in sorted(self.edits)], self.site
+            )
             for layer in sorted(self.residual_layers):
                 self._handles.append(
                     layers[layer].register_forward_pre_hook(self._resid_in_tap(layer), with_kwargs=True)

@@ -38,11 +38,13 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from .. import distributed
 from ..component import tensor_sha256
 from ..config import ComponentConfig
 from ..errors import ConfigError, DataError, TAEError
 from ..models.base import ModelAdapter, model_fingerprint
 from ..models.loading import check_input_ids
+from ..models.placement import check_sites_placed
 from ..progress import progress
 from ..types import Site, TextActivations, check_finite
 from .base import ActivationSource
@@ -163,10 +165,14 @@ class SiteTaps(contextlib.AbstractContextManager):
         dtype: dtype of the copies.
     """
 
-    def __init__(self, modules: Sequence[nn.Module], site: Site, dtype: torch.dtype):
+    def __init__(
+        self, modules: Sequence[nn.Module], site: Site, dtype: torch.dtype, full_width: int | None = None
+    ):
         self.modules = list(modules)
         self.site = site
         self.dtype = dtype
+        #: the whole site width of a tensor-parallel model (each rank sees a slice)
+        self.full_width = full_width
         self.captured: list[torch.Tensor | None] = [None] * len(self.modules)
         self._handles: list[Any] = []
 
@@ -178,6 +184,8 @@ class SiteTaps(contextlib.AbstractContextManager):
                 f"the {self.site} tap of captured layer #{slot} received {type(value).__name__}, "
                 "not a tensor: the model adapter points at the wrong module"
             )
+        if self.full_width is not None:
+            value = distributed.gather_site(value, self.full_width)
         self.captured[slot] = value.detach().to(dtype=self.dtype, copy=True)
 
     def _pre_tap(self, slot: int):
@@ -296,6 +304,42 @@ class HFActivationSource(ActivationSource):
         in_device = _input_device(model)
         out_device = torch.device("cpu") if cfg.output_device == "cpu" else in_device
         forward_kwargs = _forward_kwargs(model)
+        check_sites_placed(model, modules, site)
+        full_width = None  # a tensor-parallel rank sees a slice of the heads: gather them
+        if site == "heads" and distributed.tp_degree(model) > 1:
+            info = adapter.shape(model).site("heads")
+            full_width = info.num_units * info.unit_dim
+
+        if distributed.is_distributed() and distributed.tp_degree(model) == 1:
+            # Data parallel: each rank computes its share of the batches into the shard
+            # store; then every rank reads all shards, so the consumer sees every text.
+            distributed.share(texts, "texts")
+            if store is None:
+                store = _ShardStore.open(
+                    distributed.shard_folder(None),
+                    _cache_description(
+                        model, adapter, tokenizer, texts, spans, encoded, layer_ids, site, cfg
+                    ),
+                    len(batches),
+                )
+            mine = distributed.share(range(len(batches)), "batches", allow_idle=True)
+            bar = progress(
+                total=len(mine),
+                desc=f"capture {site} (rank {distributed.rank()})",
+                unit="batch",
+                enabled=None if cfg.progress else False,
+            )
+            try:
+                for b in mine:
+                    if store.load(b, batches[b], encoded, layer_ids) is None:
+                        store.save(b, self._forward_batch(
+                            model, tokenizer, batches[b], encoded, layer_ids, site, modules,
+                            dtype, in_device, out_device, forward_kwargs, full_width,
+                        ))  # fmt: skip
+                    bar.update(1)
+            finally:
+                bar.close()
+            distributed.barrier("capturing activations")
 
         bar = progress(
             total=len(batches),
@@ -311,7 +355,7 @@ class HFActivationSource(ActivationSource):
                 if result is None:
                     result = self._forward_batch(
                         model, tokenizer, indices, encoded, layer_ids, site, modules,
-                        dtype, in_device, out_device, forward_kwargs,
+                        dtype, in_device, out_device, forward_kwargs, full_width,
                     )
                     if store is not None:
                         store.save(b, result)
@@ -323,7 +367,7 @@ class HFActivationSource(ActivationSource):
 
     def _forward_batch(
         self, model, tokenizer, indices, encoded, layer_ids, site, modules, dtype, device,
-        out_device, kwargs,
+        out_device, kwargs, full_width=None,
     ) -> list[TextActivations]:
         ids_list = [encoded.ids[i] for i in indices]
         lengths = [len(x) for x in ids_list]
@@ -349,7 +393,7 @@ class HFActivationSource(ActivationSource):
             call["use_cache"] = False
         if kwargs.get("logits_to_keep"):
             call["logits_to_keep"] = 1
-        taps = SiteTaps(modules, site, dtype)
+        taps = SiteTaps(modules, site, dtype, full_width)
         with torch.inference_mode(), taps:
             model(**call)
         missing = [layer_ids[k] for k, t in enumerate(taps.captured) if t is None]
