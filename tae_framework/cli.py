@@ -48,8 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.rest = [*extra, *args.rest]
     try:
         return int(load(args.command_module).main(args.rest) or 0)
-    except TAEError as exc:
-        print(f"tae: error: {exc}", file=sys.stderr)
+    except (TAEError, OSError) as exc:  # one line, exit code 2, no traceback
+        from .commands._common import one_line
+
+        print(f"tae: error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -12,6 +12,8 @@ from ..errors import ConfigError
 
 __all__ = [
     "add_eval_args",
+    "check_output_dir",
+    "one_line",
     "add_method_args",
     "add_model_args",
     "add_task_args",
@@ -206,9 +208,40 @@ def load_model_from_args(args: argparse.Namespace):
     return load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
 
 
+def one_line(exc: BaseException) -> str:
+    """An error as one line: a multi-line message is joined, an ``OSError`` outside the
+    framework's own errors names the path and what is wrong with it."""
+    from ..errors import TAEError
+
+    if isinstance(exc, OSError) and not isinstance(exc, TAEError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        return f"{where}{exc.strerror} (check the paths given on the command line)"
+    parts = [line.strip().removeprefix("- ") for line in str(exc).splitlines()]
+    return " ".join(p for p in parts if p) or type(exc).__name__
+
+
 def fail(prog: str, exc: BaseException) -> int:
-    print(f"{prog}: error: {exc}", file=sys.stderr)
+    """Print ``prog: error: <one line>`` to stderr and return the exit code 2."""
+    print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
     return 2
+
+
+def check_output_dir(path: str | None, option: str) -> None:
+    """Refuse an output directory that is a file or lies under one, before any work."""
+    from pathlib import Path
+
+    if path is None:
+        return
+    target = Path(path).expanduser()
+    for p in (target, *target.parents):
+        if p.exists():
+            if not p.is_dir():
+                where = "is" if p == target else f"is under {p}, which is"
+                raise ConfigError(
+                    f"{option} {path} {where} a file, not a directory (it was left untouched): "
+                    f"give {option} a directory path"
+                )
+            return
 
 
 def argv_of(command: str, argv: Sequence[str] | None) -> list[str]:

@@ -14,6 +14,7 @@ from ._common import (
     add_model_args,
     add_task_args,
     argv_of,
+    check_output_dir,
     eval_config_from_args,
     fail,
     load_model_from_args,
@@ -49,13 +50,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..plugins import default_registry
 
     try:
+        check_output_dir(args.out, "--out")
         cfg = eval_config_from_args(args, args.strength_figures)
         plan = prepare(cfg, default_registry())  # fail on bad settings before loading the model
         model, tok = load_model_from_args(args)
         summary = execute_eval(
             plan, model, tok, model_name=args.model, overwrite=args.overwrite, extra={"argv": argv_of("eval", argv)}
         )
-    except TAEError as exc:
+    except (TAEError, OSError) as exc:
         return fail("tae eval", exc)
     if args.json:
         print(json.dumps(summary, indent=2, default=json_default))

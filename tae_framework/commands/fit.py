@@ -13,6 +13,7 @@ from ..errors import ConfigError, TAEError
 from ._common import (
     add_method_args,
     add_model_args,
+    check_output_dir,
     fail,
     load_model_from_args,
     method_from_args,
@@ -68,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         reg = default_registry()
         out = Path(args.out).expanduser()
+        check_output_dir(args.out, "--out")
         if (out / CONFIG_FILE).exists() and not args.overwrite:
             raise ConfigError(f"{out} already holds a pipeline: pass --overwrite or another --out")
         method = resolve_method(method_from_args(args), parse_assignments(args.sets), reg)
@@ -77,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed_everything(pipe.config.seed)
         start = time.perf_counter()
         pipe.fit(model, tok, data, validation_groups=list(fold.val) if fold is not None else None)
-        pipe.save(out)
+        pipe.save(out, overwrite=args.overwrite)
         write_json(
             out / FIT_INFO_FILE,
             {
@@ -91,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "created": now(),
             },
         )
-    except TAEError as exc:
+    except (TAEError, OSError) as exc:
         return fail("tae fit", exc)
     t = pipe.targets_
     heads = ", ".join(f"L{a}H{b}" for a, b in zip(t.layers.tolist(), t.units.tolist()))

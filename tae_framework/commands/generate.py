@@ -74,6 +74,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"unedited: {plain[i]}")
             if args.show_strengths:
                 _strengths(args, pipe, model, tok, i, prompt)
-    except TAEError as exc:
+    except (TAEError, OSError) as exc:
         return fail("tae generate", exc)
     return 0

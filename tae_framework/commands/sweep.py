@@ -14,6 +14,7 @@ from ._common import (
     add_model_args,
     add_task_args,
     argv_of,
+    check_output_dir,
     csv_list,
     eval_config_from_args,
     fail,
@@ -50,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..plugins import default_registry
 
     try:
+        check_output_dir(args.out, "--out")
         ks = grid_values(csv_list(args.k, int, "--k"), "K", int)
         alphas = grid_values(csv_list(args.alpha, float, "--alpha"), "alpha", float)
         cfg = eval_config_from_args(args, 0)
@@ -60,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model, tok, cfg, ks, alphas, reg, model_name=args.model, overwrite=args.overwrite,
             extra={"argv": argv_of("sweep", argv)},
         )  # fmt: skip
-    except TAEError as exc:
+    except (TAEError, OSError) as exc:
         return fail("tae sweep", exc)
     run_dir = Path(cfg.out_dir).expanduser() / result["run"]
     print((run_dir / "sweep.md").read_text(encoding="utf-8"))
