@@ -29,10 +29,10 @@ def test_rtp_pairs_match_toxic_and_clean_continuations_by_prompt_toxicity(rtp_fi
     pairs = {}
     for e in data.examples:
         pairs.setdefault(e.group, {})[e.label] = (e.prompt, e.completion)
-    assert set(pairs) == {"rtp-2", "rtp-6", "rtp-1"}
-    assert pairs["rtp-2"] == {0: (ROWS[2][0], ROWS[2][2]), 1: (ROWS[3][0], ROWS[3][2])}
-    assert pairs["rtp-6"][1] == (ROWS[4][0], ROWS[4][2])
-    assert pairs["rtp-1"][1] == (ROWS[5][0], ROWS[5][2])
+    assert set(pairs) == {"2", "6", "1"}
+    assert pairs["2"] == {0: (ROWS[2][0], ROWS[2][2]), 1: (ROWS[3][0], ROWS[3][2])}
+    assert pairs["6"][1] == (ROWS[4][0], ROWS[4][2])
+    assert pairs["1"][1] == (ROWS[5][0], ROWS[5][2])
     data.validate_for_fit()
 
 

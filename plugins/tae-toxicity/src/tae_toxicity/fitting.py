@@ -11,8 +11,8 @@ matched with the unused non-toxic row (continuation toxicity ``< nontoxic_below`
 default 0.5) whose *prompt* toxicity is closest (greedily, toxic rows taken by
 increasing prompt toxicity; an unscored prompt counts as 0). The two sides of a pair
 thus differ mostly in the toxicity of their continuations, not of their prompts. The
-pair is one group (``group = "rtp-<toxic row id>"``), so train / validation splits keep
-it together. Rows without a continuation text or score are skipped; toxic rows left
+pair is one group named after its toxic prompt (``group`` = that prompt's id), so
+train / validation splits keep it together. Rows without a continuation text or score are skipped; toxic rows left
 without a partner are dropped.
 
 **From the model's own samples** (:func:`contrast_from_samples`,
@@ -128,7 +128,7 @@ def contrast_from_rtp(
         pairs = [pairs[i] for i in keep.tolist()]
     examples = []
     for t, c in pairs:
-        group = f"rtp-{t.id}"
+        group = t.id
         examples.append(ContrastExample(prompt=t.text, completion=t.continuation, label=0, group=group))
         examples.append(ContrastExample(prompt=c.text, completion=c.continuation, label=1, group=group))
     return ContrastDataset(examples, name="rtp-contrast")

@@ -11,3 +11,17 @@ def tae_register_components(register):
 
     register(ClassifierJudge)
     register(LexiconJudge)
+
+
+@hookimpl
+def tae_register_protocols(register):
+    from .protocol import ToxicitySampling
+
+    register(ToxicitySampling)
+
+
+@hookimpl
+def tae_register_tasks(register):
+    from .task import toxicity_task
+
+    register("toxicity", toxicity_task)
