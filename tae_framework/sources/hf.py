@@ -31,6 +31,7 @@ import json
 import os
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -595,6 +596,12 @@ def _tensor_sums(t: torch.Tensor) -> torch.Tensor:
     return torch.stack(sums)
 
 
+def _sha256_bytes(t: torch.Tensor) -> bytes:
+    flat = t.detach().contiguous().reshape(-1)
+    data = flat.view(torch.uint8) if flat.dtype != torch.bool else flat.to(torch.uint8)
+    return hashlib.sha256(memoryview(data.numpy())).digest()
+
+
 def _weight_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     named = list(model.named_parameters()) + [(f"buffer:{n}", b) for n, b in model.named_buffers()]
     return [(n, t) for n, t in named if isinstance(t, torch.Tensor)]
@@ -631,16 +638,18 @@ def full_weights_digest(model: nn.Module, refresh: bool = False) -> str:
     h = hashlib.sha256()
     pending: list[tuple[bytes, torch.Tensor | None]] = []
     host: dict[int, bytes] = {}
+    on_cpu: list[tuple[int, torch.Tensor]] = []
     with torch.no_grad():
         for k, (name, t) in enumerate(tensors):
             head = f"{name}|{str(t.dtype)}|{tuple(t.shape)}|{t.numel() * t.element_size()}".encode()
-            if t.device.type == "cpu":  # SHA-256 of the bytes in place (no copy)
-                flat = t.detach().contiguous().reshape(-1)
-                data = flat.view(torch.uint8) if flat.dtype != torch.bool else flat.to(torch.uint8)
-                host[k] = hashlib.sha256(memoryview(data.numpy())).digest()
-                pending.append((head, None))
-            else:
-                pending.append((head, None if t.device.type == "meta" else _tensor_sums(t)))
+            pending.append((head, _tensor_sums(t) if t.device.type not in ("cpu", "meta") else None))
+            if t.device.type == "cpu":
+                on_cpu.append((k, t))
+    if on_cpu:  # SHA-256 of the bytes in place; hashlib releases the GIL, so threads help
+        workers = max(1, min(8, os.cpu_count() or 1, len(on_cpu)))
+        with ThreadPoolExecutor(workers) as pool:
+            for k, digest in zip((k for k, _ in on_cpu), pool.map(_sha256_bytes, (t for _, t in on_cpu))):
+                host[k] = digest
     # One transfer per device instead of one synchronisation per tensor.
     by_device: dict[torch.device, list[int]] = {}
     for k, (_, sums) in enumerate(pending):
