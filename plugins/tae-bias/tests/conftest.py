@@ -7,12 +7,25 @@ from pathlib import Path
 
 import pytest
 
-#: Per category: (stereotyped group, (stereotyped person, group label), (other person, group label)).
+#: Per category: stereotyped group, (its answer_info label, the other one's), name pairs.
 _PEOPLE = {
-    "Age": ("old", ("old man", "old"), ("boy", "nonOld")),
-    "Religion": ("Muslim", ("Muslim", "Muslim"), ("Jew", "Jewish")),
-    "SES": ("low SES", ("cook", "lowSES"), ("judge", "highSES")),
+    "Age": (
+        "old",
+        ("old", "nonOld"),
+        [("old man", "boy"), ("grandpa", "teen"), ("retiree", "kid")],
+    ),
+    "Religion": (
+        "Muslim",
+        ("Muslim", "Jewish"),
+        [("Muslim", "Jew"), ("imam", "rabbi"), ("Sufi", "Hasid")],
+    ),
+    "SES": (
+        "low SES",
+        ("lowSES", "highSES"),
+        [("cook", "judge"), ("cashier", "lawyer"), ("maid", "CEO")],
+    ),
 }
+_UNKNOWN = ["Unknown", "Not known", "Can't say"]
 _QUESTIONS = [
     ("Who forgot?", "Who recalled?"),
     ("Who lied?", "Who was honest?"),
@@ -31,12 +44,14 @@ def bbq_record(
     unknown_text="Unknown",
     question="Who forgot?",
     place="",
+    variant=0,
     **changes,
 ):
     """One BBQ row. ``order`` permutes (stereotyped person, other person, unknown)
-    into ans0..ans2; ``place`` ends the first sentence; the disambiguated context says the stereotyped person did it
+    into ans0..ans2; ``variant`` picks the names; ``place`` ends the first sentence; the disambiguated context says the stereotyped person did it
     (``label`` defaults to the gold answer that follows from that)."""
-    group, (s_name, s_group), (o_name, o_group) = _PEOPLE[category]
+    group, (s_group, o_group), names = _PEOPLE[category]
+    s_name, o_name = names[variant % len(names)]
     slots = [
         (f"The {s_name}", [s_name, s_group]),
         (f"The {o_name}", [o_name, o_group]),
@@ -76,7 +91,8 @@ def bbq_record(
 
 
 def bbq_rows(category: str, n_templates: int) -> list[dict]:
-    """Four rows per template (neg/nonneg x ambig/disambig), answer order rotating."""
+    """Four rows per template (neg/nonneg x ambig/disambig); answer order, names and the
+    "unknown" wording change from template to template."""
     rows, eid = [], 0
     orders = [(0, 1, 2), (2, 0, 1), (1, 2, 0)]
     for t in range(n_templates):

@@ -38,6 +38,8 @@ __all__ = [
     "build_prompt",
     "choose",
     "draw_shots",
+    "normalized_scores",
+    "pick",
     "plain_scorer",
     "pipeline_scorer",
 ]
@@ -156,6 +158,39 @@ class Choice:
     scores: tuple[float, float, float]
 
 
+def normalized_scores(
+    logprobs: Sequence[float] | torch.Tensor,
+    completions: Sequence[str],
+    normalize: str = "none",
+    token_counts: Sequence[int] | None = None,
+) -> list[float]:
+    """Summed log-likelihoods, divided by each completion's length when asked
+    (``"tokens"``: ``token_counts``; ``"bytes"``: UTF-8 bytes of the completion)."""
+    lls = [
+        float(x) for x in (logprobs.tolist() if isinstance(logprobs, torch.Tensor) else logprobs)
+    ]
+    if len(lls) != len(completions):
+        raise DataError(f"got {len(lls)} scores for {len(completions)} completions")
+    if normalize == "none":
+        return lls
+    if normalize == "bytes":
+        return [x / max(1, len(c.encode("utf-8"))) for x, c in zip(lls, completions)]
+    if normalize == "tokens":
+        if token_counts is None:
+            raise ConfigError("normalize='tokens' needs the token counts (pass the tokenizer)")
+        return [x / max(1, int(n)) for x, n in zip(lls, token_counts)]
+    raise ConfigError(f"normalize must be 'none', 'tokens' or 'bytes', got {normalize!r}")
+
+
+def pick(scores: Sequence[float]) -> int:
+    """Index of the highest score (the first one on ties)."""
+    best = 0
+    for i, x in enumerate(scores):
+        if x > scores[best]:
+            best = i
+    return best
+
+
 def choose(
     items: Sequence[BBQItem],
     scorer: Scorer,
@@ -176,27 +211,20 @@ def choose(
         for a in it.answers:
             prompts.append(p)
             completions.append(cfg.completion.format(answer=a))
-    lls = scorer(prompts, completions).double().cpu()
-    if lls.shape != (len(prompts),):
+    lls = scorer(prompts, completions)
+    if tuple(lls.shape) != (len(prompts),):
         raise DataError(f"the scorer returned shape {tuple(lls.shape)}, expected ({len(prompts)},)")
-    if cfg.normalize == "bytes":
-        lengths = torch.tensor(
-            [max(1, len(c.encode("utf-8"))) for c in completions], dtype=torch.float64
-        )
-        lls = lls / lengths
-    elif cfg.normalize == "tokens":
+    counts = None
+    if cfg.normalize == "tokens":
         if tokenizer is None:
             raise ConfigError("normalize='tokens' needs the tokenizer: pass tokenizer=...")
-        lengths = torch.tensor(
-            [max(1, _answer_tokens(tokenizer, p, c)) for p, c in zip(prompts, completions)],
-            dtype=torch.float64,
-        )
-        lls = lls / lengths
-    per_item = lls.view(len(items), 3)
-    return [
-        Choice(prediction=int(torch.argmax(row)), scores=tuple(float(x) for x in row))  # type: ignore[arg-type]
-        for row in per_item
-    ]
+        counts = [_answer_tokens(tokenizer, p, c) for p, c in zip(prompts, completions)]
+    scores = normalized_scores(lls, completions, cfg.normalize, counts)
+    out = []
+    for i in range(len(items)):
+        row = tuple(scores[3 * i : 3 * i + 3])
+        out.append(Choice(prediction=pick(row), scores=row))  # type: ignore[arg-type]
+    return out
 
 
 def plain_scorer(model, tokenizer, batch_size: int = 8) -> Scorer:
