@@ -14,10 +14,10 @@ STAMP  := $(VENV)/.installed
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(PY) pyproject.toml plugins/tae-iti/pyproject.toml plugins/tae-caa/pyproject.toml plugins/tae-toxicity/pyproject.toml
+$(STAMP): $(PY) pyproject.toml plugins/tae-iti/pyproject.toml plugins/tae-caa/pyproject.toml plugins/tae-toxicity/pyproject.toml plugins/tae-bias/pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_PIN)"
-	$(PIP) install -q -e ".[dev]" -e plugins/tae-iti -e plugins/tae-caa -e plugins/tae-toxicity
+	$(PIP) install -q -e ".[dev]" -e plugins/tae-iti -e plugins/tae-caa -e plugins/tae-toxicity -e plugins/tae-bias
 	touch $(STAMP)
 
 install: $(STAMP)
