@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hardening_support import FAST, contrast_records
+from hardening_support import contrast_records
 
 from tae_framework import AlignmentPipeline
 from tae_framework.editing import count_taps, is_installed
@@ -53,8 +53,13 @@ def test_the_guard_is_released_after_an_exception(fitted):
 
 def test_two_different_pipelines_still_compose(fitted):
     pipe, model, tok = fitted
-    other = AlignmentPipeline.from_preset("iti", **{**FAST, "prober": {"top_k": 2, "rank_on": "features"}})
-    other.fit(model, tok, contrast_records())
+    fixed = {
+        "aggregator": {"type": "mean"},
+        "prober": {"type": "logistic", "config": {"top_k": 2, "rank_on": "features"}},
+        "intervener": {"type": "fixed", "config": {"alpha": 3.0}},
+        "source": {"type": "hf", "config": {"progress": False}},
+    }
+    other = AlignmentPipeline.from_config(fixed).fit(model, tok, contrast_records())
     with pipe.apply(model), other.apply(model):
         assert is_installed(model, pipe) and is_installed(model, other)
     assert count_taps(model) == 0
