@@ -2,9 +2,11 @@
 
 Everything runs offline on the CPU in a few minutes: the organism is a 3.3M
 parameter Llama that states the truth after an honest speaker's introduction and
-the popular myth after a deceptive speaker's. Every method is fitted through the
-ordinary :class:`~tae_framework.pipeline.AlignmentPipeline` API on the persona
-contrast of TRAINING (speaker, country) pairs and evaluated on held-out pairs:
+the popular myth after a deceptive speaker's. Every method goes through the ordinary
+evaluation runner (:func:`~tae_framework.evaluation.runner.run_eval`) on the
+``organism`` task with ``contexts=[deceptive, honest]`` and ``split=heldout``: fitted
+on the persona contrast of TRAINING (speaker, country) pairs, evaluated on held-out
+pairs with the task's protocols and metrics:
 
 * deceptive context: greedy truthful rate and myth rate (higher truthful = the edit works);
 * honest context: truthful rate (the damage check: it should stay high);
@@ -12,8 +14,9 @@ contrast of TRAINING (speaker, country) pairs and evaluated on held-out pairs:
   answer tokens), KL(original || edited) and CE on neutral statements (every token edited).
 
 The table is printed (``--json`` prints JSON) and ``results/demo/`` receives
-``summary.json``, the head-accuracy heatmap of TAE's probes and the per-token
-strength figure (PNG + HTML) of one deceptive prompt.
+``summary.json``, one run directory per method (``runs/<method>/``, as ``tae eval``
+writes them), the head-accuracy heatmap of TAE's probes and the per-token strength
+figure (PNG + HTML) of one deceptive prompt.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,60 +45,36 @@ DEMO_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def _rates(world, items, answers) -> dict[str, float]:
-    from .organism.judge import classify
+def _row(metrics: Mapping[str, Any], breakdown: Mapping[str, Any]) -> dict[str, float]:
+    """One table row from the organism task's metrics (per-context values from the breakdown)."""
+    return {
+        "deceptive_true": breakdown["truthful"]["deceptive"],
+        "deceptive_myth": breakdown["myth"]["deceptive"],
+        "honest_true": breakdown["truthful"]["honest"],
+        "malformed": metrics["malformed"],
+        "MC1": breakdown["MC1"]["deceptive"],
+        "MC2": breakdown["MC2"]["deceptive"],
+        "KL": metrics["KL"],
+        "CE": metrics["CE"],
+    }
 
-    verdicts = [classify(world, world.fact(it["entity"], it["attribute"]), a) for it, a in zip(items, answers)]
-    n = max(1, len(verdicts))
-    return {v: sum(x == v for x in verdicts) / n for v in ("true", "myth", "other", "malformed")}
 
+def _figures(run_dir: Path, model, tok, registry, prompt: str, out_dir: Path) -> dict[str, Any]:
+    from .pipeline import AlignmentPipeline
+    from .viz import plot_head_scores, plot_token_strengths, strengths_html, trace_generation
 
-def _evaluate(pipe, model, tok, world, items_by_ctx, neutral_texts, batch_size, edit: bool) -> dict[str, float]:
-    from .evaluation.metrics import mc_scores
-    from .evaluation.scoring import answer_logprobs, greedy_generate, side_effects
-
-    out: dict[str, float] = {}
-    malformed = []
-    for ctx, items in items_by_ctx.items():
-        prompts = [it["prompt"] for it in items]
-        if pipe is not None and edit:
-            answers = pipe.generate(model, tok, prompts, max_new_tokens=8, batch_size=batch_size)
-        else:
-            answers = greedy_generate(model, tok, prompts, max_new_tokens=8, batch_size=batch_size)
-        answers = [a.split(" Q:")[0].strip() for a in answers]
-        r = _rates(world, items, answers)
-        out[f"{ctx}_true"] = r["true"]
-        out[f"{ctx}_myth"] = r["myth"]
-        malformed.append(r["malformed"])
-    out["malformed"] = sum(malformed) / len(malformed)
-
-    deceptive = items_by_ctx["deceptive"]
-    prompts, comps, owner = [], [], []
-    for i, it in enumerate(deceptive):
-        for choice in it["mc2_targets"]["choices"]:
-            prompts.append(it["prompt"])
-            comps.append(" " + choice)
-            owner.append(i)
-    if pipe is not None and edit:
-        scores = pipe.score(model, tok, prompts, comps, batch_size=batch_size)
-    else:
-        scores = answer_logprobs(model, tok, prompts, comps, batch_size=batch_size)
-    mc1 = mc2 = 0.0
-    pos = 0
-    for it in deceptive:
-        labels = it["mc2_targets"]["labels"]
-        s = scores[pos : pos + len(labels)].tolist()
-        pos += len(labels)
-        m = mc_scores([x for x, lab in zip(s, labels) if lab], [x for x, lab in zip(s, labels) if not lab], 0)
-        mc1 += m["MC1"]
-        mc2 += m["MC2"]
-    out["MC1"] = mc1 / len(deceptive)
-    out["MC2"] = mc2 / len(deceptive)
-    edit_fn = (lambda mask: pipe.apply(model, "span", span=mask)) if (pipe is not None and edit) else None
-    fx = side_effects(model, tok, neutral_texts, edit=edit_fn, batch_size=batch_size)
-    out["KL"] = fx["kl"]
-    out["CE"] = fx["ce_loss"]
-    return out
+    tae = AlignmentPipeline.load(run_dir / "fold0" / "pipeline", registry)
+    selected = list(zip(tae.targets_.layers.tolist(), tae.targets_.units.tolist()))
+    figures: dict[str, Any] = {}
+    figures["heatmap"] = str(plot_head_scores(tae.targets_.scores, selected, out_dir / "tae_head_scores.png",
+                                              title="TAE probes on the organism: token-level validation accuracy"))
+    trace = trace_generation(tae, model, tok, prompt, max_new_tokens=8)
+    figures["strengths_png"] = str(plot_token_strengths(trace, out_dir / "tae_token_strengths.png"))
+    html_path = out_dir / "tae_token_strengths.html"
+    html_path.write_text(strengths_html(trace))
+    figures["strengths_html"] = str(html_path)
+    figures["strengths"] = trace.to_dict()
+    return figures
 
 
 def run_demo(
@@ -105,66 +84,71 @@ def run_demo(
     limit: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Fit and evaluate the demo methods; returns the summary (also written to ``out_dir``)."""
-    from .organism import eval_items, fitting_data, load
-    from .pipeline import AlignmentPipeline
+    """Evaluate the demo methods through the runner; returns the summary (also written to ``out_dir``)."""
+    from .evaluation.runner import run_eval
+    from .organism import load
     from .plugins import default_registry
-    from .viz import plot_head_scores, plot_token_strengths, strengths_html, trace_generation
 
     t0 = time.perf_counter()
-    torch.manual_seed(0)
     model, tok, world = load()
     reg = default_registry()
     wanted = list(methods) if methods else [m for m, (preset, _) in DEMO_METHODS.items() if preset in reg.presets]
-    data = fitting_data(world)
-    items_by_ctx = {ctx: eval_items(world, (ctx,))[:limit] for ctx in ("deceptive", "honest")}
-    neutral = [e.text for e in fitting_data(world, contrast="neutral").examples if e.label == 1][: limit or 200]
+    unknown = [m for m in wanted if m not in DEMO_METHODS]
+    if unknown:
+        raise SystemExit(f"unknown demo method {unknown[0]!r}; choose from {', '.join(DEMO_METHODS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    rows: dict[str, dict[str, float]] = {}
-    fit_s: dict[str, float] = {}
+    task_options = {"contexts": ["deceptive", "honest"], "split": "heldout", "limit": limit, "max_new_tokens": 8}
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
-    log(f"[demo] organism: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; "
-        f"fitting on {len(data)} contrast examples, evaluating {sum(map(len, items_by_ctx.values()))} held-out prompts")
-    rows["none"] = _evaluate(None, model, tok, world, items_by_ctx, neutral, batch_size, edit=False)
-    pipes = {}
-    for name in wanted:
-        if name not in DEMO_METHODS:
-            raise SystemExit(f"unknown demo method {name!r}; choose from {', '.join(DEMO_METHODS)}")
+    log(f"[demo] organism: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; methods: {', '.join(wanted)}")
+    rows: dict[str, dict[str, float]] = {}
+    seconds: dict[str, float] = {}
+    runs: dict[str, str] = {}
+    summaries: dict[str, Any] = {}
+    for i, name in enumerate(wanted):
         preset, overrides = DEMO_METHODS[name]
-        log(f"[demo] fitting {name} (preset '{preset}')")
+        log(f"[demo] fitting and evaluating {name} (preset '{preset}')")
         t = time.perf_counter()
-        pipe = AlignmentPipeline.from_preset(preset, registry=reg, **overrides)
-        pipe.fit(model, tok, data)
-        fit_s[name] = time.perf_counter() - t
-        pipes[name] = pipe
-        log(f"[demo] evaluating {name}")
-        rows[name] = _evaluate(pipe, model, tok, world, items_by_ctx, neutral, batch_size, edit=True)
-
+        cfg = {
+            "task": "organism", "task_options": task_options, "method": preset, "overrides": overrides,
+            "judge": "organism-oracle", "side_effects": True, "side_effects_n": limit or 200, "baseline": i == 0,
+            "batch_size": batch_size, "seed": 0, "out_dir": str(out_dir / "runs"), "run": name,
+            "strength_figures": 0, "progress": False,
+        }  # fmt: skip
+        s = run_eval(model, tok, cfg, reg, overwrite=True)
+        if i == 0:
+            rows["none"] = _row(s["baseline"]["metrics"], s["baseline"]["breakdown"])
+        rows[name] = _row(s["metrics"], s["breakdown"])
+        seconds[name] = time.perf_counter() - t
+        runs[name] = str(out_dir / "runs" / name)
+        summaries[name] = s
     figures = {}
-    if "tae" in pipes:
-        tae = pipes["tae"]
-        selected = list(zip(tae.targets_.layers.tolist(), tae.targets_.units.tolist()))
-        figures["heatmap"] = str(plot_head_scores(tae.prober.scores_, selected, out_dir / "tae_head_scores.png",
-                                                  title="TAE probes on the organism: token-level validation accuracy"))
-        prompt = items_by_ctx["deceptive"][0]["prompt"]
-        trace = trace_generation(tae, model, tok, prompt, max_new_tokens=8)
-        figures["strengths_png"] = str(plot_token_strengths(trace, out_dir / "tae_token_strengths.png"))
-        html_path = out_dir / "tae_token_strengths.html"
-        html_path.write_text(strengths_html(trace))
-        figures["strengths_html"] = str(html_path)
-        figures["strengths"] = trace.to_dict()
+    if "tae" in wanted:
+        from .organism import eval_items
+
+        prompt = eval_items(world, ("deceptive",))[0]["prompt"]
+        figures = _figures(Path(runs["tae"]), model, tok, reg, prompt, out_dir)
+    first = summaries[wanted[0]] if wanted else None
     summary = {
         "rows": rows,
-        "methods": {n: {"preset": DEMO_METHODS[n][0], "overrides": DEMO_METHODS[n][1]} for n in pipes},
-        "fit_seconds": fit_s,
-        "n_eval": {k: len(v) for k, v in items_by_ctx.items()},
+        "methods": {n: {"preset": DEMO_METHODS[n][0], "overrides": DEMO_METHODS[n][1]} for n in wanted},
+        "seconds_per_method": seconds,
+        "runs": runs,
+        "n_eval": ({"deceptive": 0, "honest": 0} | _count_contexts(first)) if first else {},
         "figures": figures,
         "seconds": time.perf_counter() - t0,
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _count_contexts(summary: Mapping[str, Any]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for fold in summary["folds"]:
+        for qid in fold["test_ids"]:
+            ctx = qid.split("/", 1)[0]
+            counts[ctx] = counts.get(ctx, 0) + 1
+    return counts
 
 
 COLUMNS = [

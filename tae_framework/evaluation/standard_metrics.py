@@ -26,9 +26,10 @@ __all__ = [
 ]
 
 
-def mc_metrics(key: str = "mc") -> list[MetricSpec]:
+def mc_metrics(key: str = "mc", **kwargs) -> list[MetricSpec]:
     """MC1, MC2 and MC3 (in %) from a ``multiple_choice`` protocol's ``true`` / ``false``
-    scores; MC1 uses the item's ``best_index`` (see :func:`~tae_framework.evaluation.metrics.mc_scores`)."""
+    scores; MC1 uses the item's ``best_index`` (see :func:`~tae_framework.evaluation.metrics.mc_scores`).
+    ``kwargs`` (``subset``, ``by``, ...) go to every :class:`MetricSpec`."""
 
     def one(name: str):
         def value(r: ItemResult) -> float:
@@ -37,10 +38,11 @@ def mc_metrics(key: str = "mc") -> list[MetricSpec]:
         return value
 
     needs = (f"{key}.true", f"{key}.false")
+    kwargs.setdefault("percent", True)
     return [
-        MetricSpec("MC1", needs, per_item=one("MC1"), percent=True, description="best true answer above every false one"),
-        MetricSpec("MC2", needs, per_item=one("MC2"), percent=True, description="normalised probability mass of the true answers"),
-        MetricSpec("MC3", needs, per_item=one("MC3"), percent=True, description="share of true answers above every false one"),
+        MetricSpec("MC1", needs, per_item=one("MC1"), description="best true answer above every false one", **kwargs),
+        MetricSpec("MC2", needs, per_item=one("MC2"), description="normalised probability mass of the true answers", **kwargs),
+        MetricSpec("MC3", needs, per_item=one("MC3"), description="share of true answers above every false one", **kwargs),
     ]
 
 

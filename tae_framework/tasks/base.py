@@ -338,20 +338,22 @@ def make_folds(
 
 
 def check_folds(task_name: str, folds: Sequence[Fold], ids: Sequence[str]) -> None:
-    """Raise :class:`DataError` unless ``folds`` are leak-free: every id is one of the
-    task's, no item is in the test set of two folds, and within a fold no item is in two
-    parts (test / train / validation). The message names the task, the fold and the item."""
+    """Raise :class:`DataError` unless ``folds`` are leak-free: every test id is one of
+    the task's items, no item is in the test set of two folds, and within a fold no id is
+    in two parts (test / train / validation). Train and validation ids are usually item
+    ids too; a task may use other fitting units there (the organism's ``heldout`` split
+    fits on training facts), which only have to stay out of the test part. Messages name
+    the task, the fold and the item."""
     known = set(ids)
     tested: dict[str, int] = {}
     for f in folds:
+        unknown = [i for i in f.test if i not in known]
+        if unknown:
+            raise DataError(
+                f"task '{task_name}': fold {f.index} lists item {unknown[0]!r} in its test part, "
+                "but the task has no such item; folds may only test the task's item ids"
+            )
         parts = {"test": f.test, "train": f.train, "val": f.val}
-        for part, members in parts.items():
-            unknown = [i for i in members if i not in known]
-            if unknown:
-                raise DataError(
-                    f"task '{task_name}': fold {f.index} lists item {unknown[0]!r} in its {part} part, "
-                    "but the task has no such item; folds may only name the task's item ids"
-                )
         seen: dict[str, str] = {}
         for part, members in parts.items():
             for i in members:

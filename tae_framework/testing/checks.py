@@ -34,7 +34,15 @@ from ..probers.base import Prober
 from ..sources.base import ActivationSource
 from ..types import EditTargets, EstimatorInputs, ProbeInputs, TextActivations, TokenSequence
 
-__all__ = ["check_component", "checks_for", "parametrize_with_checks", "synthetic_probe_inputs", "synthetic_targets"]
+__all__ = [
+    "check_component",
+    "check_judge",
+    "check_task",
+    "checks_for",
+    "parametrize_with_checks",
+    "synthetic_probe_inputs",
+    "synthetic_targets",
+]
 
 Check = Callable[[Component], None]
 
@@ -259,8 +267,112 @@ def check_adapter(c: ModelAdapter) -> None:
     assert matched or c.name not in {"generic"}, "the generic adapter must match the tiny models"
 
 
-def check_judge(c: Judge) -> None:
-    assert c.metrics, "a judge must name its metrics"
+def check_judge(c: Judge, questions: Sequence[str] | None = None, answers: Sequence[str] | None = None) -> None:
+    """A judge names its metrics; given sample ``questions`` / ``answers``, it returns one
+    probability in [0, 1] per pair for every metric, the same batched as one by one.
+
+    (Without samples only the declaration is checked: a judge backed by large models is
+    not loaded.)
+    """
+    from ..evaluation.judging import check_judge_scores
+
+    assert c.metrics, f"judge '{c.name}' must name its metrics (class attribute `metrics`)"
+    assert len(set(c.metrics)) == len(c.metrics), f"judge '{c.name}' lists a metric twice: {c.metrics}"
+    for m in c.metrics:
+        assert isinstance(m, str) and NAME_PATTERN.match(m), f"judge '{c.name}': metric name {m!r} is not a plain name"
+    if questions is None:
+        return
+    answers = list(answers if answers is not None else questions)
+    assert len(answers) == len(questions) >= 1, "check_judge needs as many answers as questions"
+    try:
+        together = check_judge_scores(c.name, c.metrics, c.score(list(questions), answers), len(answers))
+    except Exception as exc:  # noqa: BLE001 - reported as a conformance failure
+        raise AssertionError(str(exc)) from None
+    for i, (q, a) in enumerate(zip(questions, answers)):
+        alone = check_judge_scores(c.name, c.metrics, c.score([q], [a]), 1)
+        for m in c.metrics:
+            assert abs(alone[m][0] - together[m][i]) <= 1e-4, (
+                f"judge '{c.name}': metric '{m}' of answer {i} is {together[m][i]} in a batch but "
+                f"{alone[m][0]} alone; scores must not depend on the batch"
+            )
+
+
+def check_task(task, registry=None, model=None, tokenizer=None, n_items: int = 2) -> None:
+    """Conformance of an evaluation task (raises ``AssertionError`` naming the problem).
+
+    Checks that the items are well formed (unique string ids, every id has an item),
+    the folds are leak-free (:func:`~tae_framework.tasks.base.check_folds`; fitting data
+    of a fold never uses its test items, and asking for the test part is refused), the
+    protocol and metric specs are valid (every metric reads an output a protocol
+    declares), every item has the fields its protocols need, and a round trip: each
+    item-scope protocol runs on ``n_items`` items of fold 0 with a tiny random model
+    (or ``model`` / ``tokenizer``), returns its declared outputs as JSON, and every
+    metric computes from them (judge scores stand in at 0.5).
+    """
+    from ..errors import DataError
+    from ..evaluation.plan import check_items, check_metric_specs
+    from ..tasks.base import check_folds
+
+    if registry is None:
+        from ..plugins import default_registry
+
+        registry = default_registry()
+    name = getattr(task, "name", "") or type(task).__name__
+    try:
+        ids = list(task.question_ids)
+        assert ids and all(isinstance(i, str) for i in ids), f"task '{name}': question_ids must be non-empty strings"
+        assert len(set(ids)) == len(ids), f"task '{name}': question ids are not unique"
+        items = task.eval_items(None)
+        assert [it.id for it in items] == ids, f"task '{name}': eval_items() must return one item per question id, in order"
+        folds = task.folds()
+        check_folds(name, folds, ids)
+        for f in folds:
+            groups = {e.group for e in task.fitting_data(f).examples}
+            assert not groups & set(f.test), f"task '{name}': fitting data of fold {f.index} uses test items {sorted(groups & set(f.test))[:3]}"
+        try:
+            task.fitting_data(folds[0], "test")
+        except DataError:
+            pass
+        else:
+            raise AssertionError(f"task '{name}': fitting_data(fold, 'test') must raise DataError")
+        specs = dict(task.protocols())
+        classes = {k: registry.protocol(s.protocol) for k, s in specs.items()}
+        protocols = {k: cls(s.options) for (k, s), cls in zip(specs.items(), classes.values())}
+        check_metric_specs(name, list(task.metrics()), {k: c.outputs for k, c in classes.items()}, tuple(task.judge_metrics))
+        check_items(name, items, {k: p for k, p in protocols.items() if p.scope == "item"})
+    except (DataError, ConfigError) as exc:
+        raise AssertionError(str(exc)) from None
+    _task_round_trip(task, name, protocols, specs, folds[0], model, tokenizer, n_items)
+
+
+def _task_round_trip(task, name, protocols, specs, fold, model, tokenizer, n_items) -> None:
+    from ..evaluation.aggregate import active_metrics, fold_metrics
+    from ..evaluation.protocols import ProtocolContext
+    from ..evaluation.specs import FoldView, ItemResult
+
+    if model is None:
+        from .models import tiny_model
+
+        model, tokenizer = tiny_model("llama", max_position_embeddings=4096)
+    items = task.eval_items(list(fold.test)[:n_items])
+    ctx = ProtocolContext(model=model, tokenizer=tokenizer, pipeline=None, task=task, batch_size=2, seed=0, fold=fold.index)
+    values: dict[str, dict] = {it.id: {} for it in items}
+    for key, proto in protocols.items():
+        if proto.scope != "item":
+            continue
+        rows = proto.run(ctx, items)
+        assert isinstance(rows, list) and len(rows) == len(items), f"task '{name}': protocol '{key}' must return one dict per item"
+        for it, row in zip(items, rows):
+            missing = [o for o in proto.outputs if o not in row]
+            assert not missing, f"task '{name}': protocol '{key}' returned no {missing} for item {it.id!r}"
+            json.dumps(row)  # checkpointed as JSON
+            values[it.id].update({f"{key}.{o}": row[o] for o in proto.outputs})
+            if specs[key].judged and proto.answers_output:
+                for m in task.judge_metrics:
+                    values[it.id][f"judge.{m}"] = [0.5] * len(row[proto.answers_output])
+    results = [ItemResult(it, values[it.id]) for it in items]
+    available = {k for v in values.values() for k in v}
+    fold_metrics(active_metrics(list(task.metrics()), available), FoldView(fold.index, results, {}), name)
 
 
 _ROLE_CHECKS: dict[type, list[Check]] = {
