@@ -298,6 +298,11 @@ class AlignmentPipeline:
             span: ``[B, T]`` bool mask of positions for the ``span`` scope (can also be
                 set later with ``session.set_span``).
             record: keep each edited layer's per-token multipliers in ``session.trace``.
+
+        Entering the session while this pipeline's edits are already installed on
+        ``model`` (a nested ``with pipe.apply(model)``, or :meth:`generate` / :meth:`score`
+        inside one) raises :class:`~tae_framework.errors.TAEError` instead of adding the
+        edit twice. Different pipelines may be stacked on one model.
         """
         adapter = self._check_model(model)
         session = self.intervener.install(model, adapter, EditScope.coerce(scope), record=record)

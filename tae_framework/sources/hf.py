@@ -20,6 +20,16 @@ the model; an interrupted run resumes and computes only the missing shards. Ever
 stores a SHA-256 checksum of each of its tensors; a shard that cannot be read, fails its
 checksums or does not match the request (corrupted, truncated, edited) is recomputed
 and rewritten, with a :class:`CacheWarning`.
+
+The weight digest covers every byte of every parameter and buffer, so any change of the
+weights, an in-place ablation of one head included, gives a new cache folder. It is
+computed once per model load (on the weights' own device) and cached on the model until
+a tensor is replaced or edited in place (PyTorch's version counters); measured cost of
+the first computation on Llama-3-8B-shaped bfloat16 weights: 0.006 s/GB on an H200 GPU
+(0.09 s for the 16 GB of an 8B model), 0.12 s/GB on 16 CPU cores (1.9 s for 8B), about
+2 s/GB on a busy 2-core machine; a cached lookup costs under a millisecond
+(``benchmarks/test_bench_weights_digest.py``). Edits made through ``param.data[...]``
+bypass the version counters: call :func:`forget_weights_digest` after them.
 """
 
 from __future__ import annotations
