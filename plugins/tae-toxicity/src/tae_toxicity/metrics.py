@@ -146,7 +146,9 @@ def continuation_nll(
     (call it outside any edit session to measure the unedited model).
 
     Token ids are used as generated, so nothing is re-tokenized. Right padding; an
-    empty continuation gives ``(0.0, 0)``.
+    empty continuation gives ``(0.0, 0)``. Only the positions that predict a
+    continuation token are normalised (in float32, on the model's device, a chunk of
+    positions at a time), so memory stays small with large vocabularies.
     """
     if len(prompt_ids) != len(continuation_ids):
         raise DataError(f"{len(prompt_ids)} prompts but {len(continuation_ids)} continuations")
@@ -158,11 +160,13 @@ def continuation_nll(
             raise DataError(f"prompt {i} has no tokens: a continuation is scored given its prompt")
     emb = model.get_input_embeddings()
     device = emb.weight.device if hasattr(emb, "weight") else torch.device("cpu")
+    keep_logits = _accepts(model, "logits_to_keep")
     rows.sort(key=lambda i: -(len(prompt_ids[i]) + counts[i]))
     for start in range(0, len(rows), batch_size):
         idx = rows[start : start + batch_size]
         seqs = [list(prompt_ids[i]) + list(continuation_ids[i]) for i in idx]
         width = max(len(s) for s in seqs)
+        first = min(len(prompt_ids[i]) for i in idx)  # earliest continuation position
         ids = torch.zeros((len(idx), width), dtype=torch.long)
         attn = torch.zeros((len(idx), width), dtype=torch.long)
         target = torch.zeros((len(idx), width), dtype=torch.bool)
@@ -170,11 +174,30 @@ def continuation_nll(
             ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
             attn[r, : len(s)] = 1
             target[r, len(prompt_ids[i]) : len(s)] = True
+        kwargs = {"input_ids": ids.to(device), "attention_mask": attn.to(device)}
+        if keep_logits:  # positions first-1 .. width-1 predict every continuation token
+            kwargs["logits_to_keep"] = width - first + 1
         with torch.no_grad():
-            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).cpu()
-        tok_lp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
-        sums = -(tok_lp * target[:, 1:]).sum(-1)
-        for r, i in enumerate(idx):
-            nll[i] = float(sums[r])
+            logits = model(**kwargs).logits
+        logits = logits[:, -(width - first + 1) : -1]  # predicts positions first .. width-1
+        mask = target[:, first:].to(logits.device)
+        picked = logits[mask]  # [n_tokens, V]
+        goal = ids[:, first:].to(logits.device)[mask]
+        row_of = torch.arange(len(idx), device=logits.device)[:, None].expand_as(mask)[mask]
+        sums = torch.zeros(len(idx), dtype=torch.float64, device=logits.device)
+        for c in range(0, picked.shape[0], 1024):
+            lp = torch.log_softmax(picked[c : c + 1024].float(), dim=-1)
+            tok_lp = lp.gather(-1, goal[c : c + 1024, None]).squeeze(-1)
+            sums.index_add_(0, row_of[c : c + 1024], -tok_lp.double())
+        for r, v in zip(idx, sums.cpu().tolist()):
+            nll[r] = float(v)
     return nll, counts
+
+
+def _accepts(model, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False

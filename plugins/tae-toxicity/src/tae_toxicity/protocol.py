@@ -33,6 +33,10 @@ from .sampling import SamplingConfig, sample_continuations
 
 __all__ = ["ToxicitySampling", "ToxicitySamplingOptions"]
 
+#: Most sequences per forward pass of the perplexity measurement (its logits cover
+#: every continuation position, so it is kept smaller than a sampling batch).
+NLL_BATCH = 128
+
 
 class ToxicitySamplingOptions(ProtocolOptions):
     """Options of :class:`ToxicitySampling` (defaults: Gehman et al. 2020)."""
@@ -83,8 +87,9 @@ class ToxicitySampling(Protocol):
         if self.options.fluency:
             enc = {pid: list(ctx.tokenizer(text, add_special_tokens=True)["input_ids"]) for pid, text in prompts}
             nll, _ = continuation_nll(
-                ctx.model, [enc[c.prompt_id] for c in conts], [c.tokens for c in conts], batch_size=cfg.batch_size
-            )
+                ctx.model, [enc[c.prompt_id] for c in conts], [c.tokens for c in conts],
+                batch_size=min(cfg.batch_size, NLL_BATCH),
+            )  # fmt: skip
         else:
             nll = [0.0] * len(conts)
         rows, pos = [], 0
