@@ -47,6 +47,7 @@ def _reject_bool_counts(model_cls: type[BaseModel], data: Any) -> Any:
 
     Pydantic's lax mode turns booleans into integers (``top_k=True`` would select one
     head); every other lax conversion (``"8"`` from a JSON or command-line value) stays.
+    A field named ``seed`` must also lie in numpy's seed range.
     """
     if not isinstance(data, dict):
         return data
@@ -54,9 +55,16 @@ def _reject_bool_counts(model_cls: type[BaseModel], data: Any) -> Any:
         value = data.get(name, data.get(info.alias) if info.alias else None)
         if isinstance(value, bool) and _accepts(info.annotation, int) and not _accepts(info.annotation, bool):
             raise PydanticCustomError(
-                "bool_not_int",
+                "tae_value_error",
                 "'{name}' expects an integer, got the boolean {value}: pass a number",
                 {"name": name, "value": str(value)},
+            )
+        if name == "seed" and isinstance(value, int) and not 0 <= value < 2**32:
+            # numpy and scikit-learn seeds: refused here, not after a full capture pass
+            raise PydanticCustomError(
+                "tae_value_error",
+                "'seed' must be between 0 and 2**32 - 1 (numpy's range), got {value}",
+                {"value": str(value)},
             )
     return data
 
@@ -138,7 +146,7 @@ def format_validation_error(exc: ValidationError, where: str) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
         if err["type"] == "extra_forbidden":
             lines.append(f"  - unknown key '{loc}': remove it or check its spelling")
-        elif err["type"] == "bool_not_int":
+        elif err["type"] == "tae_value_error":
             lines.append(f"  - {err['msg']}")
         elif err["type"] == "missing":
             lines.append(f"  - missing key '{loc}': it is required")

@@ -29,6 +29,14 @@ __all__ = ["REQUIRED_COLUMNS", "ContrastDataset", "ContrastExample", "DataLeakWa
 REQUIRED_COLUMNS = ("prompt", "completion", "label")
 
 
+def _tuning_list(tuning: Any) -> list[str] | None:
+    if tuning is None:
+        return None
+    if isinstance(tuning, (str, bytes)):
+        raise DataError("tuning texts must be a list of strings, got a single string: wrap it in a list")
+    return list(tuning)
+
+
 class DataLeakWarning(UserWarning):
     """The same example is on both sides of a train / validation split."""
 
@@ -87,6 +95,13 @@ class ContrastDataset:
 
     def __post_init__(self) -> None:
         self.examples = list(self.examples)
+        if self.tuning is not None:
+            if isinstance(self.tuning, (str, bytes)):
+                raise DataError("tuning texts must be a list of strings, got a single string: wrap it in a list")
+            self.tuning = list(self.tuning)
+            bad = [i for i, t in enumerate(self.tuning) if not isinstance(t, str)]
+            if bad:
+                raise DataError(f"tuning text {bad[0]} is a {type(self.tuning[bad[0]]).__name__}, not a string")
 
     # -- constructors ----------------------------------------------------------------
     @classmethod
@@ -111,7 +126,7 @@ class ContrastDataset:
                 errs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
                 raise DataError(f"{source}: row {i} is invalid ({errs})") from None
             del extra  # extra columns are allowed and ignored
-        return cls(examples, list(tuning) if tuning is not None else None, name=source)
+        return cls(examples, _tuning_list(tuning), name=source)
 
     @classmethod
     def from_jsonl(cls, path: str | Path, tuning: Sequence[str] | None = None) -> ContrastDataset:
@@ -171,7 +186,7 @@ class ContrastDataset:
             return cls.from_hf(source, tuning)
         if isinstance(source, (list, tuple)):
             if source and isinstance(source[0], ContrastExample):
-                return cls(list(source), list(tuning) if tuning is not None else None)
+                return cls(list(source), _tuning_list(tuning))
             return cls.from_records(source, tuning)
         raise DataError(
             f"cannot read contrast data from {type(source).__name__}: pass a ContrastDataset, "

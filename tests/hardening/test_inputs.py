@@ -147,3 +147,20 @@ def test_train_mode_at_generation_warns(fitted):
         pipe.generate(model, tok, ["Q: a? A:"], max_new_tokens=1)
     with pytest.warns(UserWarning, match="training mode during scoring"):
         pipe.score(model, tok, ["Q: a? A:"], [" yes"])
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 2**40])
+def test_seeds_outside_numpys_range_are_refused_at_construction(seed):
+    with pytest.raises(ConfigError, match="'seed' must be between 0 and 2\\*\\*32 - 1"):
+        AlignmentPipeline.from_preset("tae", seed=seed)
+    with pytest.raises(ConfigError, match="'seed' must be between 0"):
+        AlignmentPipeline.from_preset("tae", prober={"seed": seed})
+    AlignmentPipeline.from_preset("tae", seed=2**32 - 1, prober={"seed": None})
+
+
+def test_tuning_texts_as_a_bare_string_are_refused():
+    with pytest.raises(DataError, match="tuning texts must be a list of strings, got a single string"):
+        ContrastDataset.load(contrast_records(), "Q: a? A:")
+    with pytest.raises(DataError, match="tuning text 1 is a int"):
+        ContrastDataset(ContrastDataset.load(contrast_records()).examples, ["ok", 3])
+    assert ContrastDataset.load(contrast_records(), ("Q: a? A:",)).tuning == ["Q: a? A:"]
