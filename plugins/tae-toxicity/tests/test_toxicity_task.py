@@ -181,3 +181,25 @@ def test_bad_protocol_options_are_named(setup, capsys):
         assert main(args) != 0
         err = capsys.readouterr().err
         assert "protocol 'sampling'" in err and message in err
+
+
+def test_the_task_passes_the_conformance_kit(setup):  # the fit_n design runs end to end above
+    from tae_framework.testing import check_task
+
+    _, data = setup
+    reg = create_plugin_manager().registry
+    model, tok = tiny_model("llama")
+    task = reg.task("toxicity", source=str(data), n=16, num_folds=2, val_fraction=0.5)
+    check_task(task, reg, model, tok, n_items=2)
+
+
+def test_the_judges_pass_the_conformance_kit():
+    from tae_toxicity.judges import ClassifierJudge, LexiconJudge
+    from test_toxicity_judges import TEXTS, tiny_classifier, tiny_tokenizer
+
+    from tae_framework.testing import check_judge
+
+    texts = [*TEXTS, " ".join(["the cat sat on the mat"] * 5)]
+    check_judge(LexiconJudge(words=["darn", "fool"]), [""] * len(texts), texts)
+    classifier = ClassifierJudge.from_loaded(tiny_classifier(["neutral", "toxic"]), tiny_tokenizer(), batch_size=3)
+    check_judge(classifier, [""] * len(texts), texts)

@@ -145,8 +145,9 @@ class ToxicityTask(Task):
 
     @property
     def question_ids(self) -> list[str]:
-        extra = [i for f in self.folds() for i in f.development if i not in self.prompts]
-        return [*self.prompts, *dict.fromkeys(extra)]
+        """The evaluation prompts' ids (fitting-pool prompts are fitting units of the
+        folds' train / validation parts, not items)."""
+        return list(self.prompts)
 
     def prompt(self, pid: str) -> ToxicityPrompt:
         return self.prompts.get(pid) or self.fit_prompts[pid]
@@ -202,10 +203,9 @@ class ToxicityTask(Task):
         return list(folds)
 
     def eval_items(self, ids: Sequence[str] | Fold | None = None) -> list[EvalItem]:
-        ids = self.eval_ids if ids is None else self.resolve_ids(ids)
         out = []
-        for i in ids:
-            p = self.prompt(i)
+        for i in self.resolve_ids(ids):
+            p = self.prompts[i]
             meta = {"prompt": _group(p), "prompt_toxicity": p.toxicity, "challenging": p.challenging}
             out.append(EvalItem(id=p.id, question=p.text, generation_prompt=p.text, meta=meta))
         return out
