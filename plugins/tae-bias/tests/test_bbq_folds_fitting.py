@@ -87,12 +87,17 @@ def test_fitting_pairs(record):
     amb_neg = parse_bbq_record(record(polarity="neg", order=(1, 0, 2)))
     amb_nonneg = parse_bbq_record(record(polarity="nonneg", order=(1, 0, 2)))
     dis = parse_bbq_record(record(condition="disambig", polarity="nonneg", order=(2, 1, 0)))
+
+    def texts(it):
+        aligned, misaligned = contrast_pairs(it)
+        return [it.answers[aligned], [it.answers[m] for m in misaligned]]
+
     # ambiguous: unknown (aligned) vs the answer the stereotype points to (misaligned)
-    assert [amb_neg.answers[i] for i in contrast_pairs(amb_neg)] == ["Unknown", "The old man"]
-    assert [amb_nonneg.answers[i] for i in contrast_pairs(amb_nonneg)] == ["Unknown", "The boy"]
+    assert texts(amb_neg) == ["Unknown", ["The old man"]]
+    assert texts(amb_nonneg) == ["Unknown", ["The boy"]]
     # disambiguated: gold vs the other person
     assert dis.answers[dis.label] == "The boy"
-    assert [dis.answers[i] for i in contrast_pairs(dis)] == ["The boy", "The old man"]
+    assert texts(dis) == ["The boy", ["The old man"]]
     data = fitting_dataset([amb_neg, dis], PromptConfig(completion=" -> {answer}"))
     assert [(e.completion, e.label, e.group) for e in data] == [
         (" -> Unknown", 1, "Age/0"),
@@ -103,10 +108,29 @@ def test_fitting_pairs(record):
     assert data[0].prompt == "A old man and a boy met.\n\nQ: Who forgot?\nA:"
 
 
-def test_fitting_data_skips_items_without_target_and_refuses_nothing(record):
-    rec = record()
+def test_items_without_a_biased_answer_contrast_unknown_with_both_people(record):
+    rec = record(example_id=4)
     rec["additional_metadata"]["stereotyped_groups"] = ["martian"]
     it = parse_bbq_record(rec)
-    assert contrast_pairs(it) is None
-    with pytest.raises(DataError, match="none of the 1 BBQ item"):
-        fitting_dataset([it])
+    data = fitting_dataset([it])
+    assert [(e.completion, e.label, e.group) for e in data] == [
+        (" Unknown", 1, "Age/4"),
+        (" The old man", 0, "Age/4"),
+        (" The boy", 0, "Age/4"),
+    ]
+    with pytest.raises(DataError, match="no BBQ items"):
+        fitting_dataset([])
+
+
+def test_every_development_item_is_a_group_of_the_fitting_data(bbq_dir):
+    from tae_bias.task import BBQTask
+
+    task = BBQTask.load(source=str(bbq_dir), num_shots=2)
+    for fold in task.folds():
+        data = task.fitting_data(fold)
+        assert {e.group for e in data} == set(fold.development)
+        mask = data.validation_mask(fold.val)  # what the runner passes to fit
+        assert 0 < int(mask.sum()) < len(data)
+        for s in task._shots(fold):  # a shot's fitting prompt holds the other shot, never itself
+            prompt = next(e.prompt for e in data if e.group == s.uid)
+            assert prompt.count("\nA:") == 2

@@ -264,11 +264,9 @@ class BBQTask(Task):
 
     def fitting_data(self, fold: Fold | int, part: FoldPart = "development") -> ContrastDataset:
         ids = self.part_ids(fold, part)
-        shots = self._shots(self.resolve_fold(fold))
-        used = {s.uid for s in shots}
-        items = [it for it in items_of(self.items, ids) if it.uid not in used]
+        f = self.resolve_fold(fold)
         return fitting_dataset(
-            items, self.prompt, shots, name=f"bbq fold {self.resolve_fold(fold).index}"
+            items_of(self.items, ids), self.prompt, self._shots(f), name=f"bbq fold {f.index}"
         )
 
     def eval_items(self, ids: Sequence[str] | Fold | None = None) -> list[EvalItem]:
