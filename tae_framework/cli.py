@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -47,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.rest = [*extra, *args.rest]
     try:
+        if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):  # started by torchrun / accelerate
+            from .distributed import init
+
+            init()  # join the process group, check every rank's versions
         return int(load(args.command_module).main(args.rest) or 0)
     except (TAEError, OSError) as exc:  # one line, exit code 2, no traceback
         from .commands._common import one_line

@@ -303,7 +303,7 @@ class SharedCheckpoint:
     Use::
 
         shared = SharedCheckpoint(path)                 # merges leftovers of a crashed run
-        todo = shared.share([it for it in items if it.id not in shared.done])
+        todo = shared.share([it for it in items if it.id not in shared.done], n)
         for chunk in chunks(todo, n):
             shared.add(rows_of(chunk))                  # this rank's own file
         ck = shared.finish()                            # every row of every rank
@@ -340,10 +340,15 @@ class SharedCheckpoint:
                 main.add(rows)
             part.unlink()
 
-    def share(self, todo: Sequence[T]) -> list[T]:
-        """This rank's share of the rows still to compute (idle ranks are fine here:
-        a resumed run may have fewer rows left than ranks)."""
-        return share(todo, self.what, allow_idle=True) if self.distributed else list(todo)
+    def share(self, todo: Sequence[T], batch_size: int = 1) -> list[T]:
+        """This rank's share of the rows still to compute: whole batches of
+        ``batch_size`` rows dealt out in turn, so every batch holds the same rows as in
+        one process (padding, hence rounding, is the same). Idle ranks are fine here: a
+        resumed run may have fewer batches left than ranks."""
+        if not self.distributed:
+            return list(todo)
+        batches = [list(todo[i : i + batch_size]) for i in range(0, len(todo), max(1, batch_size))]
+        return [row for b in share(batches, self.what, allow_idle=True) for row in b]
 
     def add(self, rows: Sequence[dict[str, Any]]) -> None:
         self._own.add(rows)

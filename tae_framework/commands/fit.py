@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import distributed
 from ..errors import ConfigError, TAEError
 from ._common import (
     add_method_args,
@@ -79,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed_everything(pipe.config.seed)
         start = time.perf_counter()
         pipe.fit(model, tok, data, validation_groups=list(fold.val) if fold is not None else None)
+        if not distributed.is_main():  # under torchrun every rank fitted the same; rank 0 saves
+            return 0
         pipe.save(out, overwrite=args.overwrite)
         write_json(
             out / FIT_INFO_FILE,

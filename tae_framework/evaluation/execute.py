@@ -14,7 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import distributed
 from ..config import PipelineConfig
+from ..distributed import SharedCheckpoint
 from ..errors import DataError
 from ..overrides import apply_overrides
 from ..pipeline import CONFIG_FILE, TENSORS_FILE, AlignmentPipeline
@@ -56,6 +58,8 @@ def fit_or_load(
     pipe = AlignmentPipeline.from_config(cfg, reg)
     data = plan.task.fitting_data(fold)
     pipe.fit(model, tokenizer, data, validation_groups=list(fold.val) if fold.val else None)
+    if not distributed.is_main():  # every rank fitted the same pipeline; the main rank saves it
+        return pipe, True
     pipe.save(pipe_dir)
     write_json(
         pipe_dir / FIT_INFO_FILE,
@@ -94,26 +98,26 @@ def _check_rows(plan: Plan, key: str, rows: Any, items: Sequence[Any]) -> None:
 
 
 def _run_item_protocol(plan: Plan, ctx: ProtocolContext, key: str, items: Sequence[Any], out: Path, prefix: str, desc: str) -> Checkpoint:
-    ck = Checkpoint(out / f"{prefix}{key}.jsonl")
-    todo = [it for it in items if it.id not in ck]
+    ck = SharedCheckpoint(out / f"{prefix}{key}.jsonl")  # under torchrun each rank runs its share
+    todo = ck.share([it for it in items if it.id not in ck.done], plan.cfg.batch_size)
     with progress_bar(plan.cfg.progress, total=len(items), initial=len(items) - len(todo), desc=f"{desc} {key}", leave=False) as bar:
         for chunk in chunks(todo, plan.cfg.batch_size):
             rows = plan.protocols[key].run(ctx, chunk)
             _check_rows(plan, key, rows, chunk)
             ck.add([{"id": it.id, **{o: row[o] for o in plan.protocols[key].outputs}} for it, row in zip(chunk, rows)])
             bar.update(len(chunk))
-    return ck
+    return ck.finish()
 
 
 def _run_judge(plan: Plan, items: Sequence[Any], answers: Mapping[str, Sequence[str]], out: Path, prefix: str, desc: str) -> Checkpoint:
-    ck = Checkpoint(out / f"{prefix}judge.jsonl")
-    todo = [it for it in items if it.id not in ck]
+    ck = SharedCheckpoint(out / f"{prefix}judge.jsonl")
+    todo = ck.share([it for it in items if it.id not in ck.done], plan.cfg.batch_size)
     with progress_bar(plan.cfg.progress, total=len(items), initial=len(items) - len(todo), desc=f"{desc} judge", leave=False) as bar:
         for chunk in chunks(todo, plan.cfg.batch_size):
             scores = judge_items(plan.judge, plan.judge_name or "?", chunk, [answers[it.id] for it in chunk])
             ck.add([{"id": it.id, "scores": s} for it, s in zip(chunk, scores)])
             bar.update(len(chunk))
-    return ck
+    return ck.finish()
 
 
 def evaluate_items(
@@ -135,7 +139,8 @@ def evaluate_items(
                 missing = [o for o in proto.outputs if o not in doc]
                 if missing:
                     raise DataError(f"protocol '{key}' ({proto.name}) of task '{plan.task_name}' returned no '{missing[0]}'")
-                write_json(path, doc)
+                if distributed.is_main():
+                    write_json(path, doc)
             fold_outputs[key] = dict(doc)
             fold_values.update({f"{key}.{o}": doc[o] for o in proto.outputs})
             continue
@@ -158,11 +163,13 @@ def _evaluate_and_write(
     results, fold_values, fold_outputs = evaluate_items(plan, ctx, items, out, prefix, desc)
     metrics, breakdown = fold_metrics(plan.metrics, FoldView(ctx.fold, results, fold_values), plan.task_name)
     per_item = item_metric_values(plan.metrics, results, plan.task_name)
-    write_json(
-        out / f"{prefix}items.json",
-        [{"id": r.id, "values": dict(r.values), "metrics": m} for r, m in zip(results, per_item)],
-    )
-    csv_path = plan.task.write_results(out / csv_name, results, tag=tag, judge=plan.judge_name)
+    csv_path = out / csv_name
+    if distributed.is_main():  # the other ranks of a distributed run write nothing
+        write_json(
+            out / f"{prefix}items.json",
+            [{"id": r.id, "values": dict(r.values), "metrics": m} for r, m in zip(results, per_item)],
+        )
+        csv_path = plan.task.write_results(out / csv_name, results, tag=tag, judge=plan.judge_name)
     return {
         "metrics": metrics,
         "breakdown": breakdown,
@@ -199,8 +206,9 @@ def _baseline(plan: Plan, ctx_args: dict[str, Any], items: Sequence[Any], fold: 
     ctx = ProtocolContext(pipeline=None, **ctx_args)
     base = _evaluate_and_write(plan, ctx, items, baseline_dir, "baseline_", f"{desc} baseline", "baseline.csv", "baseline")
     doc = {"fold": fold.index, "n_questions": len(items), **base}
-    if baseline_dir != fold_dir:
+    if baseline_dir != fold_dir and distributed.is_main():
         write_json(marker, doc)
+    distributed.barrier("the baseline")  # every rank sees the marker before it looks for it again
     return doc
 
 
@@ -240,7 +248,7 @@ def run_fold(
     if baseline_dir is not None:
         base = _baseline(plan, ctx_args, items, fold, baseline_dir, fold_dir, desc)
         files["baseline"] = base["file"]
-    if figures:
+    if figures and distributed.is_main():
         files.update(_figures(plan, model, tokenizer, pipe, items, fold_dir, fold.index))
     t = pipe.targets_
     doc = {
@@ -258,5 +266,6 @@ def run_fold(
         "elapsed_s": round(time.perf_counter() - start, 3),
         "finished": now(),
     }
-    write_json(marker, doc)
+    if distributed.is_main():
+        write_json(marker, doc)
     return {**doc, "resumed": False}

@@ -44,6 +44,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import distributed
 from .._version import __version__
 from ..pipeline import CONFIG_FILE
 from ..registry import Registry
@@ -146,7 +147,8 @@ def execute_eval(
     cfg = plan.cfg
     started = now()
     identity = model_identity(model, plan.registry)
-    open_run_dir(plan.run_dir, cfg.comparable(), identity, "eval", overwrite)
+    with distributed.main_first("opening the run directory"):  # under torchrun: rank 0 creates it
+        open_run_dir(plan.run_dir, cfg.comparable(), identity, "eval", overwrite and distributed.is_main())
     docs = _run_folds(plan, model, tokenizer)
     method = aggregate_docs(plan, docs)
     baseline = aggregate_docs(plan, docs, "baseline") if cfg.baseline else None
@@ -176,8 +178,9 @@ def execute_eval(
             **dict(extra or {}),
         },
     }
-    write_json(plan.run_dir / SUMMARY_JSON, summary)
-    (plan.run_dir / SUMMARY_MD).write_text(format_summary(summary), encoding="utf-8")
+    if distributed.is_main():
+        write_json(plan.run_dir / SUMMARY_JSON, summary)
+        (plan.run_dir / SUMMARY_MD).write_text(format_summary(summary), encoding="utf-8")
     return summary
 
 

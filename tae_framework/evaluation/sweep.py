@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .. import distributed
 from .._version import __version__
 from ..errors import ConfigError
 from ..pipeline import AlignmentPipeline
@@ -139,11 +140,14 @@ def run_sweep(
     check_grid(plan)
     started = now()
     identity = model_identity(model, reg)
-    open_run_dir(plan.run_dir, cfg.comparable(), identity, "sweep", overwrite)
+    with distributed.main_first("opening the run directory"):  # under torchrun: rank 0 creates it
+        open_run_dir(plan.run_dir, cfg.comparable(), identity, "sweep", overwrite and distributed.is_main())
     cells, baseline_docs, fits = _sweep_cells(plan, model, tokenizer, ks, alphas)
     rows = [{"K": K, "alpha": a, **aggregate_docs(plan, docs)["metrics"]} for (K, a), docs in cells.items()]
     baseline = aggregate_docs(plan, baseline_docs)["metrics"] if cfg.baseline else None
     columns = columns_of(plan.metrics)
+    if not distributed.is_main():  # under torchrun rank 0 writes the tables
+        return {"rows": rows, "baseline": baseline, "fits": fits}
     write_sweep_csv(plan.run_dir / "sweep.csv", rows, columns)
     title = f"{plan.run_name}: K x alpha sweep of {plan.method.name} on {cfg.task}"
     md = format_sweep(title, [f.index for f in plan.folds], rows, columns, baseline)
