@@ -153,3 +153,18 @@ def test_tae_eval_bbq_end_to_end(bbq_dir, tmp_path, capsys):
 
 def summary_ids(bbq_dir, categories):
     return BBQTask.load(source=str(bbq_dir), categories=categories).question_ids
+
+
+@pytest.mark.parametrize("options", [{}, {"num_shots": 1, "instruction": "default"}])
+def test_conformance_kit(bbq_dir, options):
+    from tae_framework.testing.checks import check_task
+
+    reg = create_plugin_manager().registry
+    check_task(reg.task("bbq", source=str(bbq_dir), categories="SES,Religion", **options), reg)
+
+
+def test_an_item_reads_the_same_few_shot_prompt_however_it_is_asked_for(bbq_dir):
+    task = BBQTask.load(source=str(bbq_dir), num_shots=2)
+    by_fold = {it.id: it.mc_prompt for f in task.folds() for it in task.eval_items(f)}
+    assert {it.id: it.mc_prompt for it in task.eval_items()} == by_fold
+    assert len(set(by_fold.values())) > 1

@@ -260,6 +260,7 @@ class BBQTask(Task):
         return self._folds
 
     def _shots(self, fold: Fold) -> list[BBQItem]:
+        """The few-shot examples of ``fold``: drawn from its development items only."""
         return draw_shots(items_of(self.items, fold.development), self.prompt)
 
     def fitting_data(self, fold: Fold | int, part: FoldPart = "development") -> ContrastDataset:
@@ -270,15 +271,16 @@ class BBQTask(Task):
         )
 
     def eval_items(self, ids: Sequence[str] | Fold | None = None) -> list[EvalItem]:
+        """Items of ``ids``. With a few-shot preamble, an item's shots are those of the
+        fold that tests it (drawn from that fold's development items), so an item reads
+        the same prompt whichever way it is asked for."""
         wanted = self.resolve_ids(ids)
-        if isinstance(ids, Fold):
-            shots = self._shots(ids)
-        elif self.prompt.num_shots:
-            tested = {self._by_id[i].template for i in wanted}
-            shots = draw_shots([it for it in self.items if it.template not in tested], self.prompt)
-        else:
-            shots = []
-        return [self._eval_item(self._by_id[i], shots) for i in wanted]
+        if not self.prompt.num_shots:
+            return [self._eval_item(self._by_id[i], ()) for i in wanted]
+        folds = [ids] if isinstance(ids, Fold) else self.folds()
+        shots = {f.index: self._shots(f) for f in folds}
+        tested_in = {uid: f.index for f in folds for uid in f.test}
+        return [self._eval_item(self._by_id[i], shots[tested_in[i]]) for i in wanted]
 
     def _eval_item(self, it: BBQItem, shots: Sequence[BBQItem]) -> EvalItem:
         completions = [self.prompt.completion.format(answer=a) for a in it.answers]
