@@ -16,6 +16,7 @@ state through ``config.json`` + ``tensors.safetensors`` (never pickle).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -448,6 +449,7 @@ class AlignmentPipeline:
             "model": self.fingerprint_,
             "tensor_keys": sorted(tensors),
             "tensor_sha256": {key: tensor_sha256(value) for key, value in sorted(tensors.items())},
+            "state_sha256": _state_sha256(components),
         }
         payload = json.dumps(doc, indent=2, sort_keys=True)
         cfg_path = directory / CONFIG_FILE
@@ -604,6 +606,13 @@ def _check_save_target(directory: Path) -> None:
             break
 
 
+def _state_sha256(components: dict[str, Any]) -> str:
+    """Checksum of the learned JSON values of every component (like the tensors', they
+    are data written by fit, not settings meant to be edited by hand)."""
+    states = {role: entry.get("state", {}) for role, entry in sorted(components.items())}
+    return hashlib.sha256(json.dumps(states, sort_keys=True).encode("utf-8")).hexdigest()
+
+
 def _tensors_match(path: Path, doc: dict[str, Any]) -> bool:
     """Whether the tensors file at ``path`` holds exactly the checksummed tensors of ``doc``."""
     try:
@@ -684,6 +693,15 @@ def _check_artifact_doc(doc: Any, path: Path) -> None:
         not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values())
     ):
         raise bad("tensor_sha256", "an object mapping tensor names to checksums", sums)
+    if version >= 2:
+        if not isinstance(doc.get("state_sha256"), str):
+            raise bad("state_sha256", "the checksum of the learned values (a string)", doc.get("state_sha256"))
+        if _state_sha256(comps) != doc["state_sha256"]:
+            raise ArtifactError(
+                f"{path}: the learned values under 'components.*.state' do not match their checksum "
+                "(the file was edited or damaged after saving); save the pipeline again. Settings "
+                "under 'pipeline' (e.g. the intervener's alpha) may be edited, learned values may not"
+            )
 
 
 def _gather_targets(acts: torch.Tensor, layers: Sequence[int], targets: EditTargets, info) -> torch.Tensor:

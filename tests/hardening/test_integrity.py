@@ -84,6 +84,7 @@ def _edit_config(d, change):
         (lambda doc: doc.update(format="2"), "'format' should be an integer"),
         (lambda doc: doc.update(format=0), "'format' should be an artifact format version"),
         (lambda doc: doc.pop("tensor_sha256"), "lacks the 'tensor_sha256' entry"),
+        (lambda doc: doc.pop("state_sha256"), "'state_sha256' should be the checksum"),
         (lambda doc: doc.pop("model"), "lacks the 'model' entry"),
     ],
 )
@@ -116,6 +117,29 @@ def test_saved_config_values_are_validated(fitted, tmp_path):
         AlignmentPipeline.load(d)
 
 
+@pytest.mark.parametrize("bad", ["x", None, [], {}, -1, 1e9])
+def test_edited_learned_values_are_detected(fitted, tmp_path, bad):
+    pipe, _, _ = fitted
+    d = pipe.save(tmp_path / "p")
+    doc = json.loads((d / "config.json").read_text())
+    for role, entry in doc["components"].items():
+        for key in entry["state"]:
+            _edit_config(d, lambda doc, role=role, key=key: doc["components"][role]["state"].update({key: bad}))
+            with pytest.raises(ArtifactError, match="learned values .* do not match their checksum"):
+                AlignmentPipeline.load(d)
+            (d / "config.json").write_text(json.dumps(doc))
+    AlignmentPipeline.load(d)
+
+
+def test_settings_may_be_edited_by_hand(fitted, tmp_path):
+    pipe, model, tok = fitted
+    d = pipe.save(tmp_path / "p")
+    _edit_config(d, lambda doc: doc["pipeline"]["intervener"]["config"].update(alpha=7.5))
+    loaded = AlignmentPipeline.load(d)
+    assert loaded.intervener.config.alpha == 7.5
+    loaded.generate(model, tok, ["Q: a? A:"], max_new_tokens=1)
+
+
 def test_artifact_format_version_is_checked(fitted, tmp_path):
     pipe, _, _ = fitted
     d = pipe.save(tmp_path / "p")
@@ -127,7 +151,7 @@ def test_artifact_format_version_is_checked(fitted, tmp_path):
 def test_format_1_artifacts_load_with_a_warning(fitted, tmp_path, model_and_ids):
     pipe, model, _ = fitted
     d = pipe.save(tmp_path / "p")
-    _edit_config(d, lambda doc: (doc.update(format=1), doc.pop("tensor_sha256")))
+    _edit_config(d, lambda doc: (doc.update(format=1), doc.pop("tensor_sha256"), doc.pop("state_sha256")))
     with pytest.warns(UserWarning, match="no tensor checksums"):
         loaded = AlignmentPipeline.load(d)
     ids = model_and_ids
