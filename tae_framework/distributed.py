@@ -52,6 +52,7 @@ __all__ = [
     "local_site",
     "main_first",
     "rank",
+    "refuse_tensor_parallel",
     "share",
     "shard_folder",
     "tp_degree",
@@ -372,6 +373,22 @@ def tp_degree(model: Any) -> int:
     """The tensor-parallel degree of a transformers model (1 when not sharded)."""
     size = getattr(model, "tp_size", None) if model is not None else None
     return int(size) if isinstance(size, int) and size > 1 else 1
+
+
+def refuse_tensor_parallel(model: Any, what: str) -> None:
+    """Refuse ``what`` on a tensor-parallel model: every rank of such a model must run
+    the same forward passes, so its items cannot be dealt out between the ranks.
+
+    Raises:
+        DistributedError: naming the fix.
+    """
+    if tp_degree(model) > 1:
+        raise DistributedError(
+            f"{what} deals items out between ranks, but this model is tensor-parallel (tp_size "
+            f"{tp_degree(model)}): every rank must run the same forward passes. Evaluate a model "
+            "loaded with device_map='auto' (one process, or one per replica under torchrun) instead; "
+            "a pipeline fitted under tensor parallelism keeps global head indices and loads anywhere"
+        )
 
 
 def _tp_check(width: int, full: int) -> int:

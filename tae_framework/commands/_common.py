@@ -144,7 +144,10 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--out", default="results", help="parent folder of run directories")
-    g.add_argument("--run", default=None, help="run name (default: <method>-<task>)")
+    g.add_argument(
+        "--run", "--run-name", dest="run", default=None,
+        help="run name (default: <method>-<task>); under torchrun write --run-name (torchrun reads --run as its own option)",
+    )  # fmt: skip
     g.add_argument("--tag", default=None, help="model tag in the answer files")
     g.add_argument("--baseline", action="store_true", help="also evaluate the unedited model")
     g.add_argument("--overwrite", action="store_true", help="start the run directory again")

@@ -146,6 +146,7 @@ def execute_eval(
     """Run a prepared plan (see :func:`~tae_framework.evaluation.plan.prepare`)."""
     cfg = plan.cfg
     started = now()
+    distributed.refuse_tensor_parallel(model, "tae eval")
     identity = model_identity(model, plan.registry)
     with distributed.main_first("opening the run directory"):  # under torchrun: rank 0 creates it
         open_run_dir(plan.run_dir, cfg.comparable(), identity, "eval", overwrite and distributed.is_main())

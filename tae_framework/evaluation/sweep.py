@@ -139,6 +139,7 @@ def run_sweep(
     plan = prepare(cfg, reg, sweep=True)
     check_grid(plan)
     started = now()
+    distributed.refuse_tensor_parallel(model, "tae sweep")
     identity = model_identity(model, reg)
     with distributed.main_first("opening the run directory"):  # under torchrun: rank 0 creates it
         open_run_dir(plan.run_dir, cfg.comparable(), identity, "sweep", overwrite and distributed.is_main())
