@@ -12,11 +12,15 @@ from pydantic import Field
 
 from ..config import ComponentConfig
 from ..errors import DataError
-from ..progress import progress
 from ..types import EditTargets, EstimatorInputs, check_finite
 from .base import MisalignmentEstimator, SignalRuntime
 
 __all__ = ["MAIRuntime", "TokenMisalignmentEstimator", "token_labels"]
+
+#: Per-head fits run in parallel (joblib) only from this many feature values over all
+#: heads (K * tokens * d) on: below it the serial, single-threaded fits take about a
+#: second or less, less than starting worker processes.
+_MIN_VALUES_FOR_PARALLEL_FIT = 1 << 22
 
 
 def token_labels(
@@ -83,7 +87,20 @@ class TokenMisalignmentEstimator(MisalignmentEstimator):
             default=False,
             description="Apply the model's final norm before the lens (the reference does not).",
         )
-        n_jobs: int = Field(default=1, description="Parallel jobs for the per-head fits (joblib).")
+        n_jobs: int = Field(
+            default=-1,
+            description="joblib workers for the per-head fits (-1 = all CPUs, 1 = serial). Heads are "
+            "fitted in parallel only when the problem is large (at least 2**22 feature values over all "
+            "heads); smaller problems are fitted serially, where starting workers would cost more. "
+            "Every fit runs with BLAS/OpenMP limited to one thread, so the coefficients do not "
+            "depend on this setting.",
+        )
+        parallel_backend: Literal["loky", "threading"] = Field(
+            default="loky",
+            description="joblib backend of the parallel per-head fits: `loky` (processes) runs "
+            "lbfgs truly in parallel; `threading` avoids process start-up but lbfgs holds the GIL "
+            "much of the time.",
+        )
         label_match: Literal["positions", "ids"] = Field(
             default="positions",
             description="How a misaligned answer's closest aligned answer is chosen for token "
@@ -93,7 +110,7 @@ class TokenMisalignmentEstimator(MisalignmentEstimator):
 
     # -- fit -------------------------------------------------------------------------
     def fit(self, inputs: EstimatorInputs) -> TokenMisalignmentEstimator:
-        from sklearn.linear_model import LogisticRegression
+        from ..probers.logistic import fit_probes_sklearn
 
         targets = inputs.targets
         aligned: dict[int, list[torch.Tensor]] = defaultdict(list)
@@ -137,22 +154,25 @@ class TokenMisalignmentEstimator(MisalignmentEstimator):
                 "and share others"
             )
         k, d = targets.num_targets, targets.unit_dim
-
-        def fit_one(j: int) -> tuple[np.ndarray, float]:
-            clf = LogisticRegression(C=self.config.C, max_iter=self.config.max_iter, random_state=inputs.seed)
-            clf.fit(x[:, j].numpy(), y)
-            return clf.coef_[0].astype(np.float32), float(clf.intercept_[0])
-
-        if self.config.n_jobs == 1:
-            fitted = [fit_one(j) for j in progress(range(k), desc="estimator mai", unit="head")]
-        else:
-            from joblib import Parallel, delayed
-
-            jobs = Parallel(n_jobs=self.config.n_jobs, prefer="threads", return_as="generator")
-            fitted = list(progress(jobs(delayed(fit_one)(j) for j in range(k)), total=k,
-                                   desc="estimator mai", unit="head"))  # fmt: skip
-        self.coef_ = torch.from_numpy(np.stack([c for c, _ in fitted])).reshape(k, d)
-        self.intercept_ = torch.tensor([b for _, b in fitted], dtype=torch.float32)
+        # One lbfgs fit per head on [M, d] float32 features (scikit-learn keeps float32).
+        # fit_probes_sklearn limits BLAS/OpenMP to one thread per fit: a multi-threaded pool
+        # only spins on a problem this small (many times slower on a busy machine) and gives
+        # the same coefficients; heads run in parallel processes only when that pays off.
+        per_head = np.ascontiguousarray(x.numpy().transpose(1, 0, 2))  # [K, M, d]
+        large = per_head.size >= _MIN_VALUES_FOR_PARALLEL_FIT
+        coef, intercept, iters = fit_probes_sklearn(
+            per_head, y, seed=inputs.seed, max_iter=self.config.max_iter, C=self.config.C,
+            n_jobs=self.config.n_jobs if large else 1, backend=self.config.parallel_backend,
+            dtype=None, min_parallel_units=2, desc="estimator mai",
+        )  # fmt: skip
+        if (iters >= self.config.max_iter).any():
+            warnings.warn(
+                f"estimator 'mai': lbfgs did not converge within max_iter={self.config.max_iter} "
+                f"for {int((iters >= self.config.max_iter).sum())} of {k} head(s); raise max_iter",
+                stacklevel=2,
+            )
+        self.coef_ = torch.from_numpy(coef.astype(np.float32)).reshape(k, d)
+        self.intercept_ = torch.from_numpy(intercept.astype(np.float32))
         self.num_tokens_ = len(y)
         self.misaligned_rate_ = float(y.mean())
         return self

@@ -151,7 +151,13 @@ class LogisticConfig(ComponentConfig):
 
 
 def _sklearn_chunk(
-    x: np.ndarray, y: np.ndarray, seed: int, max_iter: int, C: float, quiet: bool = True
+    x: np.ndarray,
+    y: np.ndarray,
+    seed: int,
+    max_iter: int,
+    C: float,
+    quiet: bool = True,
+    dtype: type | None = np.float64,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
@@ -168,7 +174,8 @@ def _sklearn_chunk(
             warnings.simplefilter("ignore", ConvergenceWarning)
         for i in range(units):
             clf = LogisticRegression(random_state=seed, max_iter=max_iter, C=C)
-            clf.fit(np.asarray(x[i], dtype=np.float64), y)  # lbfgs in float64, as the reference
+            # lbfgs in float64 by default, as the reference; dtype=None keeps x's dtype
+            clf.fit(x[i] if dtype is None else np.asarray(x[i], dtype=dtype), y)
             coef[i] = clf.coef_[0]
             intercept[i] = clf.intercept_[0]
             iters[i] = int(np.max(clf.n_iter_))
@@ -203,6 +210,9 @@ def fit_probes_sklearn(
     C: float = 1.0,
     n_jobs: int = -1,
     backend: str = "loky",
+    dtype: type | None = np.float64,
+    min_parallel_units: int = _MIN_UNITS_FOR_PARALLEL,
+    desc: str = "probes",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fit one scikit-learn ``LogisticRegression`` per unit.
 
@@ -215,6 +225,15 @@ def fit_probes_sklearn(
         n_jobs: joblib workers (-1 = all CPUs); units are split in about 4 chunks per
             worker so each worker call amortises its overhead.
         backend: joblib backend (``loky`` or ``threading``).
+        dtype: dtype each unit's matrix is converted to before its fit (lbfgs runs in
+            that precision); ``None`` keeps ``x``'s dtype (scikit-learn fits float32
+            input in float32).
+        min_parallel_units: fewer units than this are fitted serially (starting joblib
+            workers costs more than a few small fits).
+        desc: label of the progress bar.
+
+    Every fit runs with BLAS/OpenMP limited to one thread (see below), so the result
+    does not depend on ``n_jobs`` or on the machine's load.
 
     Returns:
         ``(coef [H, d], intercept [H], n_iter [H])`` as numpy arrays.
@@ -231,22 +250,22 @@ def fit_probes_sklearn(
     # One probe is a [n, d] problem: BLAS threads cannot speed it up, and on a busy
     # machine they spin and slow it down several-fold. loky workers get this limit
     # from joblib; the serial and threading paths set it here.
-    if workers <= 1 or units < _MIN_UNITS_FOR_PARALLEL:
+    if workers <= 1 or units < min_parallel_units:
         parts = []
-        with threadpool_limits(limits=1), progress(total=units, desc="probes", unit="probe") as bar:
+        with threadpool_limits(limits=1), progress(total=units, desc=desc, unit="probe") as bar:
             for a in range(0, units, 16):  # chunks of units, so the bar moves
-                parts.append(_sklearn_chunk(x[a : a + 16], y, seed, max_iter, C))
+                parts.append(_sklearn_chunk(x[a : a + 16], y, seed, max_iter, C, True, dtype))
                 bar.update(len(parts[-1][1]))
         return tuple(np.concatenate(p) for p in zip(*parts))  # type: ignore[return-value]
     bounds = np.linspace(0, units, min(units, 4 * workers) + 1).astype(int)
     quiet = backend != "threading"  # processes need their own filter (see _sklearn_chunk)
     limit = threadpool_limits(limits=1) if backend == "threading" else nullcontext()
-    bar = progress(total=units, desc="probes", unit="probe")
+    bar = progress(total=units, desc=desc, unit="probe")
     with limit, warnings.catch_warnings(), bar:
         warnings.simplefilter("ignore", ConvergenceWarning)
         parts = []
         for part in Parallel(n_jobs=workers, backend=backend, return_as="generator")(
-            delayed(_sklearn_chunk_portable)(x[a:b], y, seed, max_iter, C, quiet)
+            delayed(_sklearn_chunk_portable)(x[a:b], y, seed, max_iter, C, quiet, dtype)
             for a, b in itertools.pairwise(bounds)
             if b > a
         ):
