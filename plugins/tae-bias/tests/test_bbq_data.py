@@ -6,7 +6,8 @@ import json
 
 import pytest
 from tae_bias import data as bbq_data
-from tae_bias.data import load_bbq, parse_bbq_record, stereotyped_answers
+from tae_bias.data import load_bbq, parse_bbq_record
+from tae_bias.groups import stereotyped_answers
 
 from tae_framework.errors import DataError
 

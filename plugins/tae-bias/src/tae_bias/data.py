@@ -22,7 +22,7 @@ Which answer is *biased* (the paper's definition): in a negative question ("Who
 was forgetful?") the answer naming the stereotyped group; in a non-negative
 question ("Who was not forgetful?") the answer naming the other group. The
 "unknown" answer is the one whose ``answer_info`` group is ``unknown``.
-:func:`stereotyped_answers` matches the answers' ``answer_info`` labels against
+:func:`~tae_bias.groups.stereotyped_answers` matches the answers' ``answer_info`` labels against
 ``additional_metadata.stereotyped_groups`` (rules in its docstring); an item where
 not exactly one of the two non-unknown answers names a stereotyped group has no
 biased answer (``BBQItem.biased is None``) and is left out of the bias scores, not
@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tae_framework.errors import DataError
+
+from .groups import canon, stereotyped_answers
 
 __all__ = [
     "CATEGORIES",
@@ -51,7 +53,6 @@ __all__ = [
     "filter_categories",
     "load_bbq",
     "parse_bbq_record",
-    "stereotyped_answers",
 ]
 
 #: The eleven categories of the original release, as spelled in its ``category`` field.
@@ -89,20 +90,6 @@ UNKNOWN_TEXTS = frozenset(
         "undetermined",
     }
 )
-
-_SES = ("lowses", "highses")
-_GENDER_WORDS = {
-    "f": "f",
-    "m": "m",
-    "woman": "f",
-    "women": "f",
-    "girl": "f",
-    "female": "f",
-    "man": "m",
-    "men": "m",
-    "boy": "m",
-    "male": "m",
-}
 
 
 @dataclass(frozen=True)
@@ -159,78 +146,6 @@ class BBQItem:
         """The two answers that name a person (not "unknown"), in answer order."""
         a, b = (i for i in range(3) if i != self.unknown)
         return a, b
-
-
-# -- group matching ----------------------------------------------------------------------
-def _canon(text: str) -> str:
-    """Lower case without whitespace: ``low SES``, ``lowSES`` and ``Low SES`` agree."""
-    return re.sub(r"\s+", "", str(text)).lower()
-
-
-def _decompose(label: str) -> tuple[str | None, str | None, str, set[str]]:
-    """``(ses, gender, rest, pieces)`` of an ``answer_info`` label.
-
-    BBQ writes intersectional groups with prefixes: ``lowSES-M-Black``,
-    ``highSES-Latino``, ``F-Black``; gender-identity groups with underscores:
-    ``trans_F``, ``nonTrans_M``. Hyphens elsewhere (``South-American``) are kept.
-    """
-    tokens = str(label).split("-")
-    canon = [_canon(t) for t in tokens]
-    i, ses, gender = 0, None, None
-    if len(canon) > 1 and canon[0] in _SES:
-        ses, i = canon[0], 1
-    if len(canon) - i > 1 and canon[i] in ("f", "m"):
-        gender, i = canon[i], i + 1
-    rest = "-".join(tokens[i:])
-    pieces = {_canon(p) for p in re.split(r"[_]", rest)} if "_" in rest else set()
-    whole = _canon(rest)
-    if whole in _SES and ses is None:
-        ses = whole
-    for p in (whole, *pieces):
-        if gender is None and p in _GENDER_WORDS:
-            gender = _GENDER_WORDS[p]
-    return ses, gender, whole, pieces
-
-
-def _label_matches(label: str, group: str) -> bool:
-    g = _canon(group)
-    if not g or not str(label).strip():
-        return False
-    if _canon(label) == g:
-        return True
-    ses, gender, rest, pieces = _decompose(label)
-    if g in _SES:
-        return ses == g
-    if g in ("f", "m"):
-        return gender == g
-    if ses == "highses":
-        # Race_x_SES stereotypes concern the low-income members of a group.
-        return False
-    return g == rest or g in pieces
-
-
-def stereotyped_answers(
-    answer_info: Mapping[str, Sequence[str]], groups: Iterable[str], unknown: int
-) -> tuple[int, ...]:
-    """Indices of the non-unknown answers that name one of ``groups``.
-
-    An answer names a group when one of its ``answer_info`` labels (the answer's
-    name and its group) equals the group, ignoring case and spaces (``lowSES`` =
-    ``low SES``), or when an intersectional label contains it: ``F-Black`` and
-    ``lowSES-M-Black`` name ``Black``, ``trans_F`` names ``trans`` and ``F``,
-    ``woman`` / ``girl`` name ``F`` and ``man`` / ``boy`` name ``M``. A
-    ``highSES-`` label never names a race or ethnicity (BBQ's Race_x_SES
-    stereotypes are about low-income members of a group).
-    """
-    groups = [g for g in groups if str(g).strip()]
-    out = []
-    for i in range(3):
-        if i == unknown:
-            continue
-        labels = [str(x) for x in answer_info.get(f"ans{i}", ()) if x is not None]
-        if any(_label_matches(lab, g) for lab in labels for g in groups):
-            out.append(i)
-    return tuple(out)
 
 
 # -- parsing -----------------------------------------------------------------------------
@@ -303,7 +218,7 @@ def _answer_info(info: Any, where: str) -> dict[str, list[str]]:
 
 def _find_unknown(info: dict[str, list[str]], answers: Sequence[str], where: str, cond: str) -> int:
     marked = [
-        i for i in range(3) if len(info[f"ans{i}"]) > 1 and _canon(info[f"ans{i}"][1]) == "unknown"
+        i for i in range(3) if len(info[f"ans{i}"]) > 1 and canon(info[f"ans{i}"][1]) == "unknown"
     ]
     if not marked:
         marked = [i for i in range(3) if answers[i].strip().rstrip(".").lower() in UNKNOWN_TEXTS]
