@@ -209,6 +209,43 @@ def test_mi_chunking_does_not_change_result():
     torch.testing.assert_close(mid, full, rtol=0, atol=1e-6)
 
 
+def test_mi_worker_threads_give_identical_results(monkeypatch):
+    x = torch.randn(3, 9, 96, generator=torch.Generator().manual_seed(11))
+    x[1, 4] *= 0.0  # a constant token among them
+    x[2, :, :3] *= 40.0  # heavy tails: few occupied bins, small compacted histograms
+    one = F.mutual_information_matrix(x, bins=30, num_threads=1, max_elements=400)
+    monkeypatch.setattr(F, "_MIN_SAMPLES_PER_THREAD", 1)  # start workers even for this size
+    threads_before = torch.get_num_threads()
+    for threads in (2, 3):
+        many = F.mutual_information_matrix(x, bins=30, num_threads=threads, max_elements=400)
+        torch.testing.assert_close(many, one, rtol=0, atol=0)
+    assert torch.get_num_threads() == threads_before  # the caller's pool is left as it was
+    for g in range(3):
+        np.testing.assert_allclose(one[g].numpy(), np_mi_matrix(x[g].numpy(), 30), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("spread", ["few_bins", "all_bins"])
+def test_mi_compacted_histograms_match_oracle(spread):
+    # few occupied bins and many values: the entropy is summed over histogram cells;
+    # every bin occupied and few values: it is summed over the samples
+    g = torch.Generator().manual_seed(12)
+    if spread == "few_bins":
+        x = torch.randn(5, 2000, generator=g)
+        x[:, 0] = 60.0  # an outlier squeezes the bulk into a few of the 100 bins
+        bins = 100
+    else:
+        x = torch.rand(5, 150, generator=g)
+        bins = 16
+    mi = F.mutual_information_matrix(x, bins=bins)
+    np.testing.assert_allclose(mi.numpy(), np_mi_matrix(x.numpy(), bins), rtol=0, atol=1e-5)
+
+
+def test_mi_num_threads_is_validated():
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match="num_threads"):
+            F.mutual_information_matrix(torch.randn(3, 8), num_threads=bad)
+
+
 def test_mi_single_token_is_its_entropy():
     x = torch.randn(4, 1, 128, generator=torch.Generator().manual_seed(4))
     mi = F.mutual_information_matrix(x)

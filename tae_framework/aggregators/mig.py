@@ -57,6 +57,14 @@ class MIGConfig(ComponentConfig):
         "layer of one text) is never split, so an answer longer than this bound is processed "
         "one layer at a time.",
     )
+    num_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU worker threads for the mutual-information histograms (default: "
+        "torch.get_num_threads() of the calling thread). Each runs its torch operations with "
+        "a single-threaded OpenMP pool, so extra threads never oversubscribe the cores; the "
+        "features do not depend on this setting.",
+    )
 
 
 class MIGAggregator(GraphAggregator):
@@ -101,7 +109,9 @@ class MIGAggregator(GraphAggregator):
                 for c0 in range(0, len(positions), texts_per_call):
                     chunk = positions[c0 : c0 + texts_per_call]
                     x = torch.stack([self._answer(batch[p]) for p in chunk])
-                    pooled = mig_pool(x.reshape(-1, n, width), bins=cfg.bins, steps=cfg.steps)
+                    pooled = mig_pool(
+                        x.reshape(-1, n, width), bins=cfg.bins, steps=cfg.steps, num_threads=cfg.num_threads
+                    )
                     out[chunk] = pooled.reshape(len(chunk), num_layers, width).to(torch.float32)
             else:
                 # a long answer: one text at a time, a block of layers per call
@@ -109,7 +119,7 @@ class MIGAggregator(GraphAggregator):
                     x = self._answer(batch[p])
                     for l0 in range(0, num_layers, graphs_per_call):
                         l1 = min(num_layers, l0 + graphs_per_call)
-                        pooled = mig_pool(x[l0:l1], bins=cfg.bins, steps=cfg.steps)
+                        pooled = mig_pool(x[l0:l1], bins=cfg.bins, steps=cfg.steps, num_threads=cfg.num_threads)
                         out[p, l0:l1] = pooled.to(torch.float32)
         if not bool(torch.isfinite(out).all()):  # pragma: no cover - functional guarantees it
             raise DataError(
