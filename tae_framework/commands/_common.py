@@ -96,6 +96,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", required=True, help="hub id or local directory of a causal LM")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (device_map)")
+    g.add_argument(
+        "--offload-folder", default=None,
+        help="with --device auto: folder for the layers offloaded to disk when the model fits "
+        "neither on the GPUs nor in CPU memory",
+    )  # fmt: skip
     g.add_argument("--trust-remote-code", action="store_true", help="allow the model repository's code")
 
 
@@ -208,7 +213,10 @@ def eval_config_from_args(args: argparse.Namespace, strength_figures: int) -> An
 def load_model_from_args(args: argparse.Namespace):
     from ..models.loading import load_model
 
-    return load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    return load_model(
+        args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+        offload_folder=getattr(args, "offload_folder", None),
+    )  # fmt: skip
 
 
 def one_line(exc: BaseException) -> str:

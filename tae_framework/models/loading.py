@@ -56,8 +56,15 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
-def _device_kwargs(device: str) -> tuple[dict[str, Any], str | None]:
+def _device_kwargs(device: str, offload_folder: str | Path | None = None) -> tuple[dict[str, Any], str | None]:
     """``from_pretrained`` keyword arguments and the device to move to afterwards."""
+    if offload_folder is not None and device != "auto":
+        raise ConfigError(
+            f"offload_folder is used with device='auto' (a device map that may offload layers to "
+            f"disk), not with device={device!r}: pass device='auto' or drop offload_folder"
+        )
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # one GPU per process under torchrun
     if device == "auto":
         try:
             import accelerate  # noqa: F401
@@ -67,7 +74,10 @@ def _device_kwargs(device: str) -> tuple[dict[str, Any], str | None]:
                 "device_map, but accelerate is not installed: `pip install accelerate`, or pass "
                 "device='cpu' / 'cuda'"
             ) from None
-        return {"device_map": "auto"}, None
+        kwargs: dict[str, Any] = {"device_map": "auto"}
+        if offload_folder is not None:
+            kwargs["offload_folder"] = str(Path(offload_folder).expanduser())
+        return kwargs, None
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
@@ -87,6 +97,7 @@ def load_model(
     dtype: str | torch.dtype = "auto",
     device: str = "cpu",
     trust_remote_code: bool = False,
+    offload_folder: str | Path | None = None,
 ):
     """Load ``(model, tokenizer)`` with ``AutoModelForCausalLM`` / ``AutoTokenizer``.
 
@@ -96,8 +107,11 @@ def load_model(
         dtype: ``"auto"`` (the dtype stored in the checkpoint), ``"float32"``,
             ``"bfloat16"`` or ``"float16"``.
         device: ``"cpu"``, ``"cuda"`` / ``"cuda:N"``, or ``"auto"`` to split the model over
-            the available devices (``device_map="auto"``, needs accelerate).
+            the available devices (``device_map="auto"``, needs accelerate). Under
+            ``torchrun``, ``"cuda"`` means this process's GPU (``cuda:LOCAL_RANK``).
         trust_remote_code: allow the model repository's own code (off by default).
+        offload_folder: with ``device="auto"``: where layers that fit neither on the GPUs
+            nor in CPU memory are offloaded to disk.
 
     Returns:
         The model in eval mode and its tokenizer, with ``pad_token`` set (the EOS token
@@ -111,7 +125,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = resolve_dtype(dtype)
-    device_kwargs, move_to = _device_kwargs(device)
+    device_kwargs, move_to = _device_kwargs(device, offload_folder)
     name = str(name_or_path)
     if not name.strip():
         raise ConfigError("no model given: pass a hub id or a local model directory")

@@ -144,3 +144,17 @@ def test_meta_site_without_offload_hook_is_a_clear_error(models, fitted):
             pass
     with pytest.raises(ConfigError, match=r"model\.layers\.1\.self_attn\.o_proj"):
         capture_all(HFActivationSource(progress=False), stripped, tok, PROMPTS, site="heads", adapter=GenericAdapter())
+
+
+def test_load_model_with_a_device_map_and_an_offload_folder(models, tmp_path):
+    from tae_framework.models.loading import load_model
+
+    model, _, tok = models
+    tok.save_pretrained(tmp_path / "m")
+    model.save_pretrained(tmp_path / "m")
+    auto, _ = load_model(tmp_path / "m", dtype="float32", device="auto", offload_folder=tmp_path / "off")
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        torch.testing.assert_close(auto(**enc).logits, model(**enc).logits, rtol=0, atol=1e-5)
+    with pytest.raises(ConfigError, match="offload_folder is used with device='auto'"):
+        load_model(tmp_path / "m", device="cpu", offload_folder=tmp_path / "off")
