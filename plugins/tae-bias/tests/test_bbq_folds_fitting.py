@@ -134,3 +134,31 @@ def test_every_development_item_is_a_group_of_the_fitting_data(bbq_dir):
         for s in task._shots(fold):  # a shot's fitting prompt holds the other shot, never itself
             prompt = next(e.prompt for e in data if e.group == s.uid)
             assert prompt.count("\nA:") == 2
+
+
+def test_fitting_subsample_is_balanced_and_leaves_the_test_parts_alone(bbq_dir):
+    from collections import Counter
+
+    from tae_bias.folds import subsample_development
+    from tae_bias.task import BBQTask
+
+    items = load_bbq(bbq_dir)
+    full = template_folds(items)
+    small = subsample_development(full, items, per_template=2, seed=0)
+    check_folds(small, items)
+    by_uid = {it.uid: it for it in items}
+    for f, s in zip(full, small):
+        assert s.test == f.test and set(s.development) <= set(f.development)
+        per_template = Counter(by_uid[u].template for u in s.development)
+        assert set(per_template.values()) == {2}  # every development template, 2 items each
+        # the two kept items of a template come from different (condition, polarity) strata
+        for t in per_template:
+            kept = [by_uid[u] for u in s.development if by_uid[u].template == t]
+            assert len({(it.condition, it.polarity) for it in kept}) == 2
+    task = BBQTask.load(source=str(bbq_dir), fit_per_template=3)
+    for fold in task.folds():
+        data = task.fitting_data(fold)
+        assert {e.group for e in data} == set(fold.development)
+        data.validation_mask(fold.val)
+    with pytest.raises(DataError, match="per_template must be at least 1"):
+        subsample_development(full, items, per_template=0)

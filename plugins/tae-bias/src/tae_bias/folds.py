@@ -25,7 +25,7 @@ from tae_framework.tasks.base import Fold
 
 from .data import BBQItem
 
-__all__ = ["check_folds", "items_of", "template_folds", "templates"]
+__all__ = ["check_folds", "items_of", "subsample_development", "template_folds", "templates"]
 
 
 def templates(items: Sequence[BBQItem]) -> list[str]:
@@ -98,7 +98,8 @@ def template_folds(
 
 def check_folds(folds: Sequence[Fold], items: Sequence[BBQItem]) -> None:
     """Raise :class:`DataError` unless every item is tested exactly once and no fold
-    fits on a template it tests."""
+    fits on a template it tests (fitting parts may hold a subset of the development
+    items, see :func:`subsample_development`)."""
     template = {it.uid: it.template for it in items}
     tested: dict[str, int] = {}
     for f in folds:
@@ -118,3 +119,44 @@ def check_folds(folds: Sequence[Fold], items: Sequence[BBQItem]) -> None:
     missing = set(template) - set(tested)
     if missing:
         raise DataError(f"item(s) {sorted(missing)[:5]} are tested in no fold")
+
+
+def subsample_development(
+    folds: Sequence[Fold], items: Sequence[BBQItem], per_template: int, seed: int = 42
+) -> list[Fold]:
+    """The same folds with at most ``per_template`` fitting items per development
+    template (the test parts are unchanged).
+
+    BBQ has tens to hundreds of items per template (Age: about 150); a method needs far
+    fewer to fit, and fitting cost grows with the number of texts. Within a template the items are shuffled with
+    ``seed`` per (context condition, polarity) and taken in turn from each, so ambiguous
+    and disambiguated, negative and non-negative items stay balanced. An item kept for
+    one fold is kept for every fold whose development set holds its template.
+    """
+    if per_template < 1:
+        raise DataError(f"per_template must be at least 1, got {per_template}")
+    rng = np.random.RandomState(seed)
+    by_template: dict[str, dict[tuple[str, str], list[str]]] = {}
+    for it in items:
+        strata = by_template.setdefault(it.template, {})
+        strata.setdefault((it.condition, it.polarity), []).append(it.uid)
+    keep: set[str] = set()
+    for template in sorted(by_template):
+        strata = [s for _, s in sorted(by_template[template].items())]
+        shuffled = [[s[i] for i in rng.permutation(len(s))] for s in strata]
+        turn = [u for row in _zip_longest(shuffled) for u in row]
+        keep.update(turn[:per_template])
+    return [
+        Fold(
+            index=f.index,
+            test=f.test,
+            train=tuple(u for u in f.train if u in keep),
+            val=tuple(u for u in f.val if u in keep),
+        ).check()
+        for f in folds
+    ]
+
+
+def _zip_longest(rows: list[list[str]]) -> list[list[str]]:
+    width = max((len(r) for r in rows), default=0)
+    return [[r[i] for r in rows if i < len(r)] for i in range(width)]

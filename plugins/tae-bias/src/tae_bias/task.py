@@ -27,7 +27,7 @@ from tae_framework.tasks.base import EvalItem, Fold, FoldPart, Task
 
 from .data import DEFAULT_HUB_ID, BBQItem, load_bbq
 from .fitting import fitting_dataset
-from .folds import check_folds, items_of, template_folds, templates
+from .folds import check_folds, items_of, subsample_development, template_folds, templates
 from .metrics import Outcome, score_outcomes
 from .protocol import (
     DEFAULT_COMPLETION,
@@ -160,6 +160,12 @@ class BBQOptions(BaseModel):
         default=None, ge=1, description="Keep this many templates per category (seeded); None: all."
     )
     num_folds: int = Field(default=2, ge=2, description="Folds, drawn over templates.")
+    fit_per_template: int | None = Field(
+        default=None,
+        ge=1,
+        description="Fit on at most this many items per development template (balanced over "
+        "context condition and polarity, seeded); None: every development item.",
+    )
     val_fraction: float = Field(
         default=0.2, gt=0.0, lt=1.0, description="Share of development templates for validation."
     )
@@ -255,6 +261,8 @@ class BBQTask(Task):
         if self._folds is None:
             o = self.options
             folds = template_folds(self.items, o.num_folds, o.val_fraction, o.seed)
+            if o.fit_per_template is not None:
+                folds = subsample_development(folds, self.items, o.fit_per_template, o.seed)
             check_folds(folds, self.items)
             self._folds = folds
         return self._folds
