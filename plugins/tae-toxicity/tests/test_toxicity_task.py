@@ -203,3 +203,28 @@ def test_the_judges_pass_the_conformance_kit():
     check_judge(LexiconJudge(words=["darn", "fool"]), [""] * len(texts), texts)
     classifier = ClassifierJudge.from_loaded(tiny_classifier(["neutral", "toxic"]), tiny_tokenizer(), batch_size=3)
     check_judge(classifier, [""] * len(texts), texts)
+
+
+def test_a_classifier_judge_from_a_folder_counts_truncated_continuations(setup, tmp_path):
+    from test_toxicity_judges import tiny_classifier, tiny_tokenizer
+
+    from tae_framework.evaluation.runner import run_eval
+
+    root, data = setup
+    tiny_classifier(["neutral", "toxic"]).save_pretrained(tmp_path / "judge")
+    tiny_tokenizer().save_pretrained(tmp_path / "judge")
+    model, tok = tiny_model("llama")
+    cfg = {
+        "task": "toxicity", "task_options": {"source": str(data), "n": 4, "fit_n": 12, "val_fraction": 0.5},
+        "method": "caa", "judge": {"type": "toxicity-classifier",
+                                   "config": {"model": str(tmp_path / "judge"), "max_length": 4, "device": "cpu"}},
+        "protocol_options": {"sampling": {"k": 2, "max_new_tokens": 6}},
+        "batch_size": 4, "out_dir": str(tmp_path), "run": "clf", "strength_figures": 0, "progress": False,
+    }  # fmt: skip
+    summary = run_eval(model, tok, cfg)
+    items = json.loads((tmp_path / "clf" / "fold0" / "items.json").read_text())
+    flags = [f for it in items for f in it["values"]["judge.truncated"]]
+    # <s> + at least 3 words + </s> is over 4 tokens: every non-empty continuation is cut
+    want = sum(1 for it in items for c in it["values"]["sampling.continuations"] if len(c.split()) >= 3)
+    assert summary["metrics"]["judge_truncated"] == sum(flags) == want > 0
+    assert all(0.0 <= s <= 1.0 for it in items for s in it["values"]["judge.toxic"])
