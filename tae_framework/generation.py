@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from .errors import ConfigError, DataError
+from .models.loading import check_input_ids, check_prompts, warn_if_training
 
 __all__ = [
     "DEFAULT_HELDOUT",
@@ -159,10 +160,12 @@ def answer_logprobs(
     Returns:
         ``[N]`` float64 tensor of summed log-probabilities (computed in float32).
     """
+    prompts, answers = check_prompts(prompts, "prompts"), check_prompts(answers, "answers")
     if len(prompts) != len(answers):
         raise DataError(
             f"got {len(prompts)} prompts but {len(answers)} answers; pass one answer per prompt"
         )
+    warn_if_training(model, "scoring")
     encoded = []
     for i, (p, a) in enumerate(zip(prompts, answers)):
         ids, is_answer = answer_token_mask(tokenizer, p, a)
@@ -176,6 +179,10 @@ def answer_logprobs(
                 "from: give it a non-empty prompt or use a tokenizer that adds a BOS token"
             )
         encoded.append((ids, is_answer))
+    check_input_ids(
+        model, tokenizer, [ids for ids, _ in encoded], "prompt + answer",
+        fix="shorten the prompt or the answer",
+    )
     out = torch.zeros(len(encoded), dtype=torch.float64)
     if not encoded:
         return out
@@ -235,7 +242,13 @@ def greedy_generate(
     """
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    prompts = check_prompts(prompts, "prompts")
+    warn_if_training(model, "generation")
     encoded = [list(tokenizer(p, add_special_tokens=True)["input_ids"]) for p in prompts]
+    check_input_ids(
+        model, tokenizer, encoded, "prompt", extra_positions=int(max_new_tokens),
+        fix="shorten the prompt or lower max_new_tokens",
+    )
     for i, ids in enumerate(encoded):
         if not ids:
             raise DataError(f"prompt {i} is empty after tokenization: give every prompt some text")

@@ -43,7 +43,7 @@ from .errors import ArtifactError, ConfigError, DataError, TAEError, UnknownComp
 from .estimators.base import MisalignmentEstimator
 from .interveners.base import Intervener
 from .models.base import ModelAdapter, check_fingerprint
-from .models.loading import check_input_ids, check_prompts, warn_if_training
+from .models.loading import check_prompts
 from .probers.base import Prober
 from .registry import Registry
 from .sources.base import ActivationSource
@@ -312,8 +312,9 @@ class AlignmentPipeline:
             session.set_span(span)
         return session
 
-    def _check_run(self, model, tokenizer, texts: list[str], extra: int, batch_size: Any, edit: bool, what: str, fix: str) -> None:
-        """Checks shared by :meth:`generate` and :meth:`score`, before any forward pass."""
+    def _check_run(self, model, batch_size: Any, edit: bool, what: str) -> None:
+        """Checks shared by :meth:`generate` and :meth:`score`, before any forward pass
+        (the texts themselves are checked by :mod:`tae_framework.generation`)."""
         _check_count("batch_size", batch_size)
         if edit:
             self._check_model(model)
@@ -322,10 +323,6 @@ class AlignmentPipeline:
                 f"{what} with edit=False inside `with pipe.apply(model)`: this pipeline's edits are "
                 "installed, so the results would be edited; call it outside the `with` block"
             )
-        warn_if_training(model, what)
-        if texts:
-            ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
-            check_input_ids(model, tokenizer, ids, "prompt", extra_positions=extra, fix=fix)
 
     def generate(
         self,
@@ -351,10 +348,7 @@ class AlignmentPipeline:
 
         prompts = check_prompts(prompts, "prompts")
         _check_count("max_new_tokens", max_new_tokens)
-        self._check_run(
-            model, tokenizer, prompts, int(max_new_tokens), batch_size, edit, "generation",
-            "shorten the prompt or lower max_new_tokens",
-        )
+        self._check_run(model, batch_size, edit, "generation")
         return greedy_generate(
             model,
             tokenizer,
@@ -381,10 +375,7 @@ class AlignmentPipeline:
             raise DataError(
                 f"got {len(prompts)} prompts and {len(completions)} completions: give one completion per prompt"
             )
-        self._check_run(
-            model, tokenizer, [p + c for p, c in zip(prompts, completions)], 0, batch_size, edit,
-            "scoring", "shorten the prompt or the completion",
-        )
+        self._check_run(model, batch_size, edit, "scoring")
         return answer_logprobs(
             model,
             tokenizer,

@@ -113,7 +113,7 @@ def test_texts_longer_than_the_positions_are_a_clear_error(fitted):
     near = tok.decode(tok("Q: " + "very " * limit)["input_ids"][: limit - 3], skip_special_tokens=True)
     with pytest.raises(DataError, match="max_new_tokens"):
         pipe.generate(model, tok, [near], max_new_tokens=10)
-    with pytest.raises(DataError, match="shorten the prompt or the completion"):
+    with pytest.raises(DataError, match=r"prompt \+ answer 0 needs .*shorten the prompt or the answer"):
         pipe.score(model, tok, [long], [" yes"])
 
 
@@ -164,3 +164,18 @@ def test_tuning_texts_as_a_bare_string_are_refused():
     with pytest.raises(DataError, match="tuning text 1 is a int"):
         ContrastDataset(ContrastDataset.load(contrast_records()).examples, ["ok", 3])
     assert ContrastDataset.load(contrast_records(), ("Q: a? A:",)).tuning == ["Q: a? A:"]
+
+
+def test_generation_primitives_check_their_inputs_too():
+    """The runner calls these directly, without a pipeline."""
+    from tae_framework.generation import answer_logprobs, greedy_generate
+
+    model, tok = tiny_model("gpt2")  # absolute positions: torch would fail with an index error
+    with pytest.raises(DataError, match="prompts must be a list of strings, got a single string"):
+        greedy_generate(model, tok, "Q: a? A:", max_new_tokens=1)
+    with pytest.raises(DataError, match="answers must be a list"):
+        answer_logprobs(model, tok, ["Q: a? A:"], " yes")
+    with pytest.raises(DataError, match="128 positions"):
+        greedy_generate(model, tok, ["Q: a? A:"], max_new_tokens=200)
+    with pytest.raises(DataError, match="prompt \\+ answer 0 needs"):
+        answer_logprobs(model, tok, ["word " * 200], [" yes"])
