@@ -101,3 +101,37 @@ def test_evaluate_scores_each_answer_after_its_prompt(bbq_dir):
     assert [o.prediction for o in result.outcomes] == one_by_one.argmax(1).tolist()
     assert list(result.report) == ["SES", "overall"] and result.overall.n_items == len(items)
     assert result.records()[0]["uid"] == items[0].uid and len(result.records()[0]["scores"]) == 3
+
+
+def test_evaluate_with_a_fitted_pipeline_edits_the_answers(bbq_dir):
+    from tae_bias.fitting import fitting_dataset
+
+    from tae_framework import AlignmentPipeline
+
+    model, tok = tiny_model("llama")
+    items = load_bbq(bbq_dir, categories=["Religion"])
+    fit, test = items[:8], items[8:]  # templates 1-2 vs template 3
+    assert not {it.template for it in fit} & {it.template for it in test}
+    # CAA (a mean difference on the residual stream) fits in a moment
+    pipe = AlignmentPipeline.from_preset(
+        "caa", intervener={"alpha": 4.0}, source={"progress": False}
+    )
+    pipe.fit(model, tok, fitting_dataset(fit))
+    edited = evaluate(model, tok, test, pipeline=pipe)
+    plain = evaluate(model, tok, test)
+    assert [c.scores for c in edited.choices] != [c.scores for c in plain.choices]
+    with_edit_off = [
+        pipe.score(
+            model,
+            tok,
+            [build_prompt(it, PromptConfig())] * 3,
+            [" " + a for a in it.answers],
+            edit=False,
+        )
+        for it in test
+    ]
+    assert torch.allclose(
+        torch.tensor([c.scores for c in plain.choices], dtype=torch.float64),
+        torch.stack(with_edit_off),
+        atol=1e-5,
+    )
