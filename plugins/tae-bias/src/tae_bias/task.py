@@ -45,6 +45,8 @@ __all__ = ["BBQChoice", "BBQOptions", "BBQTask", "bbq_metrics", "outcome_of"]
 
 # -- the protocol ------------------------------------------------------------------------
 class BBQChoiceOptions(ProtocolOptions):
+    """Options of ``bbq-choice`` (``--protocol-option bbq.normalize=bytes``)."""
+
     normalize: Literal["none", "tokens", "bytes"] = Field(
         default="none",
         description="Divide each answer's log-likelihood by its length: 'none' (summed), "
