@@ -138,7 +138,9 @@ def run_demo(
         "figures": figures,
         "seconds": time.perf_counter() - t0,
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    from .evaluation.rundir import write_json
+
+    write_json(out_dir / "summary.json", summary)
     return summary
 
 

@@ -200,7 +200,7 @@ class HFJudge(Judge):
         prompts = [self.prompt(metric, q, a) for q, a in zip(questions, answers)]
         model, tok = self._load(metric)
         yes = self.yes_token_id(metric)
-        from .scoring import _batches, _input_device, _pad_id, _pad_right
+        from ..generation import _batches, _input_device, _pad_id, _pad_right
 
         encoded = [list(tok(p, add_special_tokens=True)["input_ids"]) for p in prompts]
         device = _input_device(model)
