@@ -9,7 +9,10 @@ Nothing is downloaded: models are randomly initialised from configs.
    the CPU (tiny random RoBERTa), truncation included.
 2. Sampling on the GPU: the same seed gives the same continuations whatever the batch
    composition (tiny Llama; float32 and bfloat16).
-3. Throughput with a Llama-3-8B-shaped model (random weights, bfloat16): sampled
+3. The whole task through the runner on the GPU (``--only eval``): a tiny Llama fitted
+   with TAE, the classifier judge from a folder in its automatic dtype, the unedited
+   baseline, and a rerun that resumes without sampling again.
+4. Throughput with a Llama-3-8B-shaped model (random weights, bfloat16): sampled
    continuations per second at several batch sizes, against ``generate``'s own top-p
    sampling on the same batch; the perplexity pass; a RoBERTa-base-sized classifier
    judge. A random model rarely stops early, so every continuation has the full 20
@@ -185,13 +188,62 @@ def throughput(device: str, quick: bool) -> dict:
     return out
 
 
+def check_eval(device: str, workdir: Path) -> dict:
+    import tae_toxicity.plugin as plugin
+    from test_toxicity_judges import tiny_classifier, tiny_tokenizer
+    from toxicity_fixtures import write_jsonl
+
+    from tae_framework.evaluation.runner import run_eval
+    from tae_framework.plugins import create_plugin_manager
+    from tae_framework.testing.models import tiny_model
+
+    rows = __import__("test_toxicity_task").fixture_rows()
+    data = write_jsonl(workdir / "rtp.jsonl", rows)
+    tiny_classifier(["neutral", "toxic"]).save_pretrained(workdir / "judge")
+    tiny_tokenizer().save_pretrained(workdir / "judge")
+    pm = create_plugin_manager()
+    if "toxicity" not in pm.registry.tasks:  # not pip-installed here: register the module by hand
+        pm = create_plugin_manager()
+        pm.register_plugin(plugin, "toxicity", "tae-toxicity", "0.1.0")
+    reg = pm.registry
+    model, tok = tiny_model("llama", fresh=True)
+    model = model.to(device)
+    cfg = {
+        "task": "toxicity", "task_options": {"source": str(data), "n": 8, "fit_n": 12, "val_fraction": 0.5},
+        "method": "tae", "overrides": {"prober": {"top_k": 2}, "intervener": {"alpha": 3.0}, "source": {"progress": False}},
+        "judge": {"type": "toxicity-classifier", "config": {"model": str(workdir / "judge"), "device": device}},
+        "protocol_options": {"sampling": {"k": 4, "max_new_tokens": 8}}, "baseline": True,
+        "batch_size": 3, "out_dir": str(workdir), "run": "gpu", "strength_figures": 0, "progress": False,
+    }  # fmt: skip
+    t = time.perf_counter()
+    first = run_eval(model, tok, cfg, reg)
+    elapsed = time.perf_counter() - t
+    again = run_eval(model, tok, cfg, reg)
+    return {
+        "metrics": first["metrics"],
+        "baseline": (first.get("baseline") or {}).get("metrics"),
+        "resumed_equal": again["metrics"] == first["metrics"],
+        "seconds": round(elapsed, 1),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=None)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--only", choices=["eval"], default=None)
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     report = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "torch": torch.__version__}
+    if args.only == "eval":
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            report["eval"] = check_eval(device, Path(tmp))
+        print(json.dumps(report, indent=1), flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps(report, indent=1))
+        return
     report["judge"] = check_judge(device)
     print(json.dumps(report["judge"]), flush=True)
     report["batching"] = [check_batching(device, torch.float32), check_batching(device, torch.bfloat16)]
