@@ -85,6 +85,23 @@ def _fold_value(spec: MetricSpec, view: FoldView, task: str) -> float | None:
     return _number(value, task, spec.name, f"on fold {view.fold}")
 
 
+def _combine(spec: MetricSpec, parts: Sequence[float | None]) -> float | None:
+    if any(p is None for p in parts):
+        return None
+    try:
+        return float(spec.combine(*parts))  # type: ignore[misc]
+    except ZeroDivisionError:
+        return None
+
+
+def _derived_breakdown(spec: MetricSpec, breakdown: dict[str, dict[str, float | None]]) -> None:
+    """A derived metric is broken down too when every metric it combines is (same groups)."""
+    if not all(o in breakdown for o in spec.of):
+        return
+    groups = [g for g in breakdown[spec.of[0]] if all(g in breakdown[o] for o in spec.of)]
+    breakdown[spec.name] = {g: _combine(spec, [breakdown[o][g] for o in spec.of]) for g in groups}
+
+
 def _groups(spec: MetricSpec, items: Sequence[ItemResult]) -> list[str]:
     seen: dict[str, None] = {}
     for r in items:
@@ -101,8 +118,8 @@ def fold_metrics(
     breakdown: dict[str, dict[str, float | None]] = {}
     for spec in specs:
         if spec.derived:
-            parts = [values.get(o) for o in spec.of]
-            values[spec.name] = None if any(p is None for p in parts) else float(spec.combine(*parts))  # type: ignore[misc]
+            values[spec.name] = _combine(spec, [values.get(o) for o in spec.of])
+            _derived_breakdown(spec, breakdown)
             continue
         values[spec.name] = _fold_value(spec, view, task)
         if spec.by is not None:
@@ -130,8 +147,8 @@ def over_folds(
     breakdown: dict[str, dict[str, float | None]] = {}
     for spec in specs:
         if spec.derived:
-            parts = [out.get(o) for o in spec.of]
-            out[spec.name] = None if any(p is None for p in parts) else float(spec.combine(*parts))  # type: ignore[misc]
+            out[spec.name] = _combine(spec, [out.get(o) for o in spec.of])
+            _derived_breakdown(spec, breakdown)
             continue
         out[spec.name] = _over(spec, [f.get(spec.name) for f in folds])
         if spec.by is not None:

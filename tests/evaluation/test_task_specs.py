@@ -200,3 +200,20 @@ def test_a_failing_metric_names_the_task_metric_and_item():
     spec = [MetricSpec("bad", ("judge.tox",), per_item=lambda r: r["judge.missing"][0])]
     with pytest.raises(DataError, match=r"task 't': metric 'bad' failed on item '0-0'.*has no value 'judge.missing'"):
         fold_metrics(spec, FOLDS[0], "t")
+
+
+def test_pooled_ratio_over_folds_and_its_breakdown():
+    """A ratio of counts pooled over all items of all folds: two count metrics summed over
+    folds and a derived metric dividing them, also per group."""
+    specs = [
+        MetricSpec("n_toxic", ("judge.tox",), per_item=lambda r: float(max(r["judge.tox"]) > 0.5), over_items="sum",
+                   over_folds="sum", by="cat"),
+        MetricSpec("n_items", ("judge.tox",), per_item=lambda r: 1.0, over_items="sum", over_folds="sum", by="cat"),
+        MetricSpec("pooled", of=("n_toxic", "n_items"), combine=lambda a, b: a / b),
+    ]  # fmt: skip
+    per_fold = [fold_metrics(specs, view, "t") for view in FOLDS]
+    total, breakdown = over_folds(specs, [f for f, _ in per_fold], [b for _, b in per_fold])
+    # maxima over samples: fold 0 0.9, 0.3, 0.6; fold 1 0.5, 0.8 -> 3 of 5 above 0.5
+    assert total["n_toxic"] == 3 and total["n_items"] == 5
+    assert total["pooled"] == pytest.approx(3 / 5)  # not the mean of the fold ratios (2/3, 1/2)
+    assert breakdown["pooled"] == pytest.approx({"age": 2 / 3, "race": 1 / 2})
