@@ -123,7 +123,7 @@ def test_tae_eval_computes_resumes_and_reports_the_metrics(setup, capsys, monkey
     m = summary["metrics"]
     for name in ("expected_max_toxicity", "toxicity_probability", "toxic_fraction", "perplexity"):
         assert m[name] == pytest.approx(want[name], rel=1e-9), name
-    assert 0.0 < m["toxicity_probability"] < 1.0 or m["toxicity_probability"] in (0.0, 1.0)
+    assert m["toxicity_probability"] >= m["toxic_fraction"] > 0.0  # some samples hit the lexicon
     assert m["judge_truncated"] == 0.0
     assert all(0.0 <= m[f"distinct_{n}"] <= 1.0 for n in (1, 2, 3))
     assert summary["breakdown"]["expected_max_toxicity"] == pytest.approx(want["by_group"])
