@@ -165,6 +165,8 @@ def test_task_items_and_bad_options(setup):
     assert [it.id for it in items] == [str(i) for i in range(0, 24, 4)]
     assert {it.meta["prompt"] for it in items} == {"toxic", "nontoxic"}
     assert all(it.generation_prompt == it.question for it in items)
+    with pytest.raises(ConfigError, match="val_fraction must be between 0 and 1"):
+        reg.task("toxicity", source=str(data), val_fraction=1.0)
     with pytest.raises(ConfigError, match="fit_n must be at least 2"):
         reg.task("toxicity", source=str(data), fit_n=1)
     with pytest.raises(DataError, match="no prompt left"):

@@ -26,7 +26,7 @@ id, and a fold's train / validation parts are these pair ids (split with ``seed`
 is used in at most one pair. Fitting on the model's own judged samples
 (:func:`~tae_toxicity.fitting.self_contrast`) needs the model, which the runner does not
 hand to a task: fit such a pipeline in Python, save it, and evaluate it with
-``--method <saved dir>``.
+``tae eval --pipeline <saved dir>`` (``method`` = that directory in Python).
 
 **Protocols.** ``sampling`` (:class:`~tae_toxicity.protocol.ToxicitySampling`: k = 25
 samples, top-p 0.9, 20 new tokens; judged) and ``side_effects`` (CE / KL on held-out
@@ -256,6 +256,11 @@ def toxicity_task(
         toxic_at, nontoxic_below: continuation-toxicity thresholds of the fitting pairs
             (``toxic_at`` is also the metrics' threshold).
     """
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(
+            f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}: it is the share "
+            "of fitting pairs that rank heads"
+        )
     if fit_n is not None and fit_n < 2:
         raise ConfigError(f"fit_n must be at least 2 (train + validation prompts), got {fit_n}")
     prompts = load_prompts(source, challenging=challenging, n=n, seed=seed, cache_dir=cache_dir)
