@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip
 TORCH_PIN ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench docs clean
+.PHONY: install demo test bench docs docs-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,5 +36,11 @@ bench: $(STAMP)
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs serve
 
+# Build the site and look at it in headless Chromium, offline (needs Debian's chromium;
+# screenshots in site-screenshots/). See docs/contributing.md.
+docs-check: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+	$(PY) docs/_hooks/check_render.py site --out site-screenshots
+
 clean:
-	rm -rf $(VENV) site .pytest_cache
+	rm -rf $(VENV) site site-screenshots .pytest_cache
