@@ -61,7 +61,7 @@ def trace_generation(pipeline, model, tokenizer, prompt: str, max_new_tokens: in
     step ``i`` of the recorded trace is the edit of the forward pass that produced
     generated token ``i``.
     """
-    from .evaluation.scoring import _input_device, _pad_id
+    from .generation import _input_device, _pad_id
 
     ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
     if not ids:
