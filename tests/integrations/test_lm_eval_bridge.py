@@ -62,6 +62,20 @@ metric_list:
 """
 
 
+PPL_TASK = """task: tae_toy_ppl
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{question}}}}{{{{answer}}}}"
+metric_list:
+  - metric: word_perplexity
+"""
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("lm_eval")
@@ -80,6 +94,7 @@ def setup(tmp_path_factory):
     tasks.mkdir()
     (tasks / "tae_toy_mc.yaml").write_text(MC_TASK.format(data=data), encoding="utf-8")
     (tasks / "tae_toy_gen.yaml").write_text(GEN_TASK.format(data=data), encoding="utf-8")
+    (tasks / "tae_toy_ppl.yaml").write_text(PPL_TASK.format(data=data), encoding="utf-8")
     manager = TaskManager(include_path=str(tasks), include_defaults=False)
     return {"root": root, "model": root / "model", "pipes": pipes, "tasks": manager, "hf_model": model, "tok": tok}
 
@@ -177,3 +192,16 @@ def test_bad_arguments_are_named(setup):
     other, _ = tiny_model("llama", num_hidden_layers=3)
     with pytest.raises(ModelMismatchError, match="num_layers"):
         TAELM(pretrained=other, pipeline=str(setup["pipes"]["zero"]), tokenizer=setup["tok"], device="cpu")
+
+
+def test_rolling_loglikelihood_is_edited_everywhere(setup):
+    """Perplexity tasks score every token, so the scored scope edits every position."""
+
+    def ppl(model: str, **model_args) -> float:
+        return _run(setup, model, "tae_toy_ppl", **model_args)["results"]["tae_toy_ppl"]["word_perplexity,none"]
+
+    plain = ppl("hf")
+    scored = ppl(MODEL_NAME, pipeline=str(setup["pipes"]["edited"]))
+    everywhere = ppl(MODEL_NAME, pipeline=str(setup["pipes"]["edited"]), scope="all")
+    assert math.isfinite(scored) and abs(scored - plain) > 1e-3 * plain
+    assert scored == pytest.approx(everywhere, rel=1e-5)
