@@ -617,14 +617,19 @@ def _weight_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [(n, t) for n, t in named if isinstance(t, torch.Tensor)]
 
 
-def _weights_state(tensors: list[tuple[str, torch.Tensor]]) -> tuple:
+def _weights_state(tensors: list[tuple[str, torch.Tensor]]) -> tuple | None:
     """What identifies the current weights without reading them: every tensor's storage
     address, shape, dtype, device and autograd version counter (bumped by every in-place
-    operation, e.g. ``weight[:, cols] = 0`` under ``torch.no_grad()`` or ``load_state_dict``)."""
-    return tuple(
-        (n, t.data_ptr() if t.device.type != "meta" else 0, t._version, tuple(t.shape), str(t.dtype), str(t.device))
-        for n, t in tensors
-    )
+    operation, e.g. ``weight[:, cols] = 0`` under ``torch.no_grad()`` or ``load_state_dict``).
+    ``None`` when a tensor has no version counter (created under ``torch.inference_mode``):
+    edits cannot be seen then, so nothing is cached."""
+    try:
+        return tuple(
+            (n, t.data_ptr() if t.device.type != "meta" else 0, t._version, tuple(t.shape), str(t.dtype), str(t.device))
+            for n, t in tensors
+        )
+    except RuntimeError:  # inference tensors do not track versions
+        return None
 
 
 def full_weights_digest(model: nn.Module, refresh: bool = False) -> str:
@@ -643,7 +648,7 @@ def full_weights_digest(model: nn.Module, refresh: bool = False) -> str:
     tensors = _weight_tensors(model)
     state = _weights_state(tensors)
     cached = getattr(model, _DIGEST_ATTR, None)
-    if not refresh and cached is not None and cached[0] == state:
+    if not refresh and state is not None and cached is not None and cached[0] == state:
         return cached[1]
     h = hashlib.sha256()
     pending: list[tuple[bytes, torch.Tensor | None]] = []

@@ -257,3 +257,12 @@ def test_device_hash_catches_any_single_word_change():
     # Swapping two equal-sized halves changes the position-weighted sums too.
     z = torch.randn(2, 512)
     assert not torch.equal(_tensor_sums(z.flip(0)), _tensor_sums(z))
+
+
+def test_weights_made_in_inference_mode_are_hashed_every_time():
+    """Inference tensors have no version counter: the digest is recomputed, never stale."""
+    with torch.inference_mode():
+        layer = torch.nn.Linear(8, 8)
+        first = full_weights_digest(layer)
+        layer.weight[0, 0] += 1.0
+    assert full_weights_digest(layer) != first
