@@ -550,10 +550,17 @@ def logit_lens_entropy(logits: Tensor, gain: float | Tensor = DEFAULT_ENTROPY_GA
             f"{shape}; the entropy is normalised by ln(V), which is 0 for V = 1"
         )
     wd = _work_dtype(logits.dtype)
+    # softmax is shift-invariant, so centring by the mean (the method) or by the max gives
+    # the same distribution; the max keeps exp() <= 1. With s = gain * z - max and
+    # e = exp(s): H = log(sum e) - sum(e * s) / sum e. One exp and a few passes over the
+    # vocabulary, fewer than log_softmax followed by exp (this runs at every edited layer).
     z = logits.to(wd)
-    z = (z - z.mean(dim=-1, keepdim=True)) * gain
-    logp = torch.log_softmax(z, dim=-1)
-    ent = -(logp.exp() * logp).sum(dim=-1)
+    s = (z - z.amax(dim=-1, keepdim=True)).mul_(gain)  # centred before scaling: exact offsets
+    if not (isinstance(gain, numbers.Real) and gain >= 0):  # a tensor (or negative) gain
+        s = s.sub_(s.amax(dim=-1, keepdim=True))
+    e = s.exp()
+    total = e.sum(dim=-1)
+    ent = total.log() - e.mul_(s).sum(dim=-1) / total
     return (ent / math.log(logits.shape[-1])).clamp_(0.0, 1.0)
 
 

@@ -248,8 +248,8 @@ def test_span_scope_runs_the_lens_only_at_edited_positions(fitted):
     mask[1, 2] = True
     full = runtime.uncertainty(resid)
     calls = []
-    head = runtime.unembed
-    runtime.unembed = lambda h: (calls.append(h.shape[0]), head(h))[1]
+    head = runtime._lens  # the projection the lens uses (the output layer, or its half-precision copy)
+    runtime._lens = lambda h: (calls.append(h.shape[0]), head(h))[1]
     part = runtime.uncertainty(resid, {"span_positions": mask.nonzero(as_tuple=True)})
     assert calls == [3], "the lens must see only the 3 edited positions"
     torch.testing.assert_close(part[mask], full[mask])
