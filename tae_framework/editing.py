@@ -174,10 +174,13 @@ class EditSession:
         self._dense: dict[int, torch.Tensor] = {}
         self._device_cache: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
         self._span_cache: dict[torch.device, torch.Tensor] = {}
-        #: Who installs these edits (set by ``AlignmentPipeline.apply``). Two sessions
-        #: with the same owner are never active on one model at once: the edit would be
-        #: added twice. ``None``: no check (hand-built sessions may stack on purpose).
+        #: Who installs these edits, a hashable key (set by ``AlignmentPipeline.apply`` to
+        #: a digest of the pipeline's config and targets). Two sessions with the same
+        #: owner are never active on one model at once: the edit would be added twice.
+        #: ``None``: no check (hand-built sessions may stack on purpose).
         self.owner: Any = None
+        #: How the owner's edit is named in the error.
+        self.owner_label = "this edit"
         self._registered = False
         self._validate()
 
@@ -350,10 +353,6 @@ class EditSession:
             self.remove()
             raise
         return self
-
-    @property
-    def owner_label(self) -> str:
-        return getattr(self.owner, "edit_label", None) or f"this {type(self.owner).__name__}'s edit"
 
     def remove(self) -> None:
         """Remove every installed handle (idempotent)."""

@@ -16,6 +16,7 @@ state through ``config.json`` + ``tensors.safetensors`` (never pickle).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -303,14 +304,34 @@ class AlignmentPipeline:
         Entering the session while this pipeline's edits are already installed on
         ``model`` (a nested ``with pipe.apply(model)``, or :meth:`generate` / :meth:`score`
         inside one) raises :class:`~tae_framework.errors.TAEError` instead of adding the
-        edit twice. Different pipelines may be stacked on one model.
+        edit twice; so does installing an identical pipeline (another load of the same
+        artifact). Different pipelines may be stacked on one model.
         """
         adapter = self._check_model(model)
         session = self.intervener.install(model, adapter, EditScope.coerce(scope), record=record)
-        session.owner = self  # entering it while this pipeline's edits are active is an error
+        # Entering it while this pipeline's edit (or an identical one) is active is an error.
+        session.owner = self._edit_key()
+        session.owner_label = f"the edit of {self!r} (or of an identical pipeline)"
         if span is not None:
             session.set_span(span)
         return session
+
+    def is_applied(self, model: PreTrainedModel) -> bool:
+        """Whether this pipeline's edit (or an identical pipeline's) is installed on ``model``
+        by an active :meth:`apply` session."""
+        return self.is_fitted and is_installed(model, self._edit_key())
+
+    def _edit_key(self) -> tuple[str, str]:
+        """Identifies the edit this pipeline installs: its config and fitted targets. Two
+        pipelines with equal keys (the same object, or two loads of one artifact) add the
+        same edit, so they are never installed on one model at the same time."""
+        h = hashlib.sha256(json.dumps(self.config.model_dump(mode="json"), sort_keys=True).encode())
+        targets = self.intervener.targets_
+        for f in dataclasses.fields(targets):
+            value = getattr(targets, f.name)
+            h.update(f.name.encode())
+            h.update((tensor_sha256(value) if isinstance(value, torch.Tensor) else repr(value)).encode())
+        return ("tae-edit", h.hexdigest())
 
     def _check_run(self, model, batch_size: Any, edit: bool, what: str) -> None:
         """Checks shared by :meth:`generate` and :meth:`score`, before any forward pass
@@ -318,7 +339,7 @@ class AlignmentPipeline:
         _check_count("batch_size", batch_size)
         if edit:
             self._check_model(model)
-        elif is_installed(model, self):
+        elif is_installed(model, self._edit_key()):
             raise TAEError(
                 f"{what} with edit=False inside `with pipe.apply(model)`: this pipeline's edits are "
                 "installed, so the results would be edited; call it outside the `with` block"

@@ -7,7 +7,7 @@ import torch
 from hardening_support import contrast_records
 
 from tae_framework import AlignmentPipeline
-from tae_framework.editing import count_taps, is_installed
+from tae_framework.editing import count_taps
 from tae_framework.errors import TAEError
 
 PROMPT = ["Q: is c big? A:"]
@@ -23,7 +23,7 @@ def test_nested_apply_is_an_error_and_leaves_the_outer_edit_alone(fitted):
             pass
         assert count_taps(model) == taps  # the refused session installed nothing
         torch.testing.assert_close(model(**ids).logits, once, rtol=0, atol=0)
-    assert count_taps(model) == 0 and not is_installed(model, pipe)
+    assert count_taps(model) == 0 and not pipe.is_applied(model)
 
 
 @pytest.mark.parametrize("call", ["generate", "score"])
@@ -46,9 +46,9 @@ def test_the_guard_is_released_after_an_exception(fitted):
     pipe, model, tok = fitted
     with pytest.raises(RuntimeError, match="boom"), pipe.apply(model):
         raise RuntimeError("boom")
-    assert not is_installed(model, pipe) and count_taps(model) == 0
+    assert not pipe.is_applied(model) and count_taps(model) == 0
     with pipe.apply(model):
-        assert is_installed(model, pipe)
+        assert pipe.is_applied(model)
 
 
 def test_two_different_pipelines_still_compose(fitted):
@@ -61,7 +61,7 @@ def test_two_different_pipelines_still_compose(fitted):
     }
     other = AlignmentPipeline.from_config(fixed).fit(model, tok, contrast_records())
     with pipe.apply(model), other.apply(model):
-        assert is_installed(model, pipe) and is_installed(model, other)
+        assert pipe.is_applied(model) and other.is_applied(model)
     assert count_taps(model) == 0
 
 
@@ -72,3 +72,16 @@ def test_sessions_are_independent_per_model(fitted):
     twin, _ = tiny_model("llama", fresh=True)
     with pipe.apply(model), pipe.apply(twin):  # the same pipeline on two models: fine
         pass
+
+
+def test_two_loads_of_one_artifact_are_the_same_edit(fitted, tmp_path):
+    pipe, model, tok = fitted
+    d = pipe.save(tmp_path / "p")
+    first, second = AlignmentPipeline.load(d), AlignmentPipeline.load(d)
+    with first.apply(model):
+        assert second.is_applied(model) and pipe.is_applied(model)
+        with pytest.raises(TAEError, match="or of an identical pipeline"), second.apply(model):
+            pass
+        with pytest.raises(TAEError, match="added twice"):
+            pipe.generate(model, tok, PROMPT, max_new_tokens=1)
+    assert not second.is_applied(model) and count_taps(model) == 0
