@@ -303,7 +303,7 @@ class SharedCheckpoint:
 
     Use::
 
-        shared = SharedCheckpoint(path)                 # merges leftovers of a crashed run
+        shared = SharedCheckpoint(path, total=len(items))  # merges leftovers of a crashed run
         todo = shared.share([it for it in items if it.id not in shared.done], n)
         for chunk in chunks(todo, n):
             shared.add(rows_of(chunk))                  # this rank's own file
@@ -313,13 +313,15 @@ class SharedCheckpoint:
     appends to ``path``.
     """
 
-    def __init__(self, path: str | os.PathLike, what: str = "items"):
+    def __init__(self, path: str | os.PathLike, what: str = "items", total: int | None = None):
         from .evaluation.rundir import Checkpoint
 
         self._cls = Checkpoint
         self.path = Path(path)
         self.what = what
         self.distributed = is_distributed()
+        if self.distributed and total is not None:
+            share(range(total), what)  # more ranks than items: refused before anything runs
         if self.distributed:
             barrier(f"starting {self.path.name}")
             if is_main():

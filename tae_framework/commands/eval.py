@@ -7,6 +7,7 @@ import argparse
 import json
 from collections.abc import Sequence
 
+from .. import distributed
 from ..errors import TAEError
 from ._common import (
     add_eval_args,
@@ -59,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (TAEError, OSError) as exc:
         return fail("tae eval", exc)
+    if not distributed.is_main():  # under torchrun rank 0 wrote the results and prints them
+        return 0
     if args.json:
         print(json.dumps(summary, indent=2, default=json_default))
     else:

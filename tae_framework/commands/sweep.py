@@ -7,6 +7,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from .. import distributed
 from ..errors import TAEError
 from ._common import (
     add_eval_args,
@@ -64,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
     except (TAEError, OSError) as exc:
         return fail("tae sweep", exc)
+    if not distributed.is_main():  # under torchrun rank 0 wrote the table and prints it
+        return 0
     run_dir = Path(cfg.out_dir).expanduser() / result["run"]
     print((run_dir / "sweep.md").read_text(encoding="utf-8"))
     print(f"results: {run_dir}")

@@ -98,7 +98,7 @@ def _check_rows(plan: Plan, key: str, rows: Any, items: Sequence[Any]) -> None:
 
 
 def _run_item_protocol(plan: Plan, ctx: ProtocolContext, key: str, items: Sequence[Any], out: Path, prefix: str, desc: str) -> Checkpoint:
-    ck = SharedCheckpoint(out / f"{prefix}{key}.jsonl")  # under torchrun each rank runs its share
+    ck = SharedCheckpoint(out / f"{prefix}{key}.jsonl", "items", len(items))  # under torchrun: each rank its share
     todo = ck.share([it for it in items if it.id not in ck.done], plan.cfg.batch_size)
     with progress_bar(plan.cfg.progress, total=len(items), initial=len(items) - len(todo), desc=f"{desc} {key}", leave=False) as bar:
         for chunk in chunks(todo, plan.cfg.batch_size):
@@ -110,7 +110,7 @@ def _run_item_protocol(plan: Plan, ctx: ProtocolContext, key: str, items: Sequen
 
 
 def _run_judge(plan: Plan, items: Sequence[Any], answers: Mapping[str, Sequence[str]], out: Path, prefix: str, desc: str) -> Checkpoint:
-    ck = SharedCheckpoint(out / f"{prefix}judge.jsonl")
+    ck = SharedCheckpoint(out / f"{prefix}judge.jsonl", "items", len(items))
     todo = ck.share([it for it in items if it.id not in ck.done], plan.cfg.batch_size)
     with progress_bar(plan.cfg.progress, total=len(items), initial=len(items) - len(todo), desc=f"{desc} judge", leave=False) as bar:
         for chunk in chunks(todo, plan.cfg.batch_size):

@@ -148,7 +148,7 @@ def run_sweep(
     baseline = aggregate_docs(plan, baseline_docs)["metrics"] if cfg.baseline else None
     columns = columns_of(plan.metrics)
     if not distributed.is_main():  # under torchrun rank 0 writes the tables
-        return {"rows": rows, "baseline": baseline, "fits": fits}
+        return {"run": plan.run_name, "rows": rows, "baseline": baseline, "fits": fits}
     write_sweep_csv(plan.run_dir / "sweep.csv", rows, columns)
     title = f"{plan.run_name}: K x alpha sweep of {plan.method.name} on {cfg.task}"
     md = format_sweep(title, [f.index for f in plan.folds], rows, columns, baseline)

@@ -20,18 +20,36 @@ def env_for(tmp: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run(mode: str, out: Path, env: dict[str, str], nproc: int = 1) -> subprocess.CompletedProcess:
+def _command(mode: str, out: Path, nproc: int) -> list[str]:
     if nproc == 1:
-        cmd = [sys.executable, str(WORKER), mode, str(out)]
-    else:
-        cmd = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "--monitor-interval=0.2", str(WORKER), mode, str(out),
-        ]  # fmt: skip
-    try:
-        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired as exc:  # pragma: no cover - a hang is a failure, not a stuck CI
-        pytest.fail(f"{mode} with {nproc} process(es) did not finish in {TIMEOUT_S}s:\n{exc.stderr}")
+        return [sys.executable, str(WORKER), mode, str(out)]
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+        "--monitor-interval=0.2", str(WORKER), mode, str(out),
+    ]  # fmt: skip
+
+
+def run_together(*launches: tuple[str, Path, dict[str, str], int]) -> list[subprocess.CompletedProcess]:
+    """Start every ``(mode, out, env, nproc)`` launch at once (they see the same code and
+    share the wall time), wait for all, each with the timeout."""
+    procs = [
+        (subprocess.Popen(_command(mode, out, n), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), mode, n)
+        for mode, out, env, n in launches
+    ]
+    results = []
+    for proc, mode, n in procs:
+        try:
+            stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a hang is a failure, not a stuck CI
+            for p, _, _ in procs:
+                p.kill()
+            pytest.fail(f"{mode} with {n} process(es) did not finish in {TIMEOUT_S}s")
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    return results
+
+
+def run(mode: str, out: Path, env: dict[str, str], nproc: int = 1) -> subprocess.CompletedProcess:
+    return run_together((mode, out, env, nproc))[0]
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

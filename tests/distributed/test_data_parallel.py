@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from dist_launch import env_for as _env
-from dist_launch import ok, run
+from dist_launch import ok, run, run_together
 
 from tae_framework.testing.data import toy_contrast
 from tae_framework.testing.models import tiny_model
@@ -36,8 +36,8 @@ def inputs(tmp_path_factory):
 def runs(tmp_path_factory, inputs):
     """The worker's fit + evaluation in one process and in two."""
     one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
-    ok(run("fit-eval", one, _env(one, **inputs)))
-    ok(run("fit-eval", two, _env(two, **inputs), nproc=2))
+    for result in run_together(("fit-eval", one, _env(one, **inputs), 1), ("fit-eval", two, _env(two, **inputs), 2)):
+        ok(result)
     return one, two
 
 
@@ -68,6 +68,15 @@ def test_evaluation_metrics_and_items_are_identical(runs):
         assert not list((two / "runs" / "toy" / fold).glob("*.rank*"))
         rows = (two / "runs" / "toy" / fold / "generation.jsonl").read_text().splitlines()
         assert len(rows) == 5
+
+
+def test_sweep_rows_are_identical(runs):
+    one, two = runs
+    a = json.loads((one / "runs" / "grid" / "sweep.json").read_text())
+    b = json.loads((two / "runs" / "grid" / "sweep.json").read_text())
+    assert len(b["rows"]) == 4 and b["rows"] == a["rows"] and b["baseline"] == a["baseline"]
+    assert b["fits"] == a["fits"] == 2  # one fit per K, shared by its alphas
+    assert (two / "runs" / "grid" / "sweep.md").read_text() == (one / "runs" / "grid" / "sweep.md").read_text()
 
 
 def test_a_rank_dying_mid_run_resumes_from_the_shards_written(tmp_path, inputs, runs):

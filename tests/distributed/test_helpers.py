@@ -52,6 +52,13 @@ def test_shared_checkpoint_deals_whole_batches(tmp_path, as_rank):
     assert (tmp_path / "gen.jsonl.rank1").is_file() and not (tmp_path / "gen.jsonl").exists()
 
 
+def test_more_ranks_than_items_of_a_protocol_is_refused(tmp_path, as_rank):
+    as_rank(0, 4)
+    with pytest.raises(ConfigError, match=r"4 processes share 3 items.*--nproc-per-node 3"):
+        distributed.SharedCheckpoint(tmp_path / "mc.jsonl", "items", total=3)
+    assert not list(tmp_path.iterdir())
+
+
 def test_main_rank_merges_what_every_rank_wrote(tmp_path, as_rank):
     path = tmp_path / "gen.jsonl"
     path.write_text(json.dumps({"id": "a", "v": 0}) + "\n")

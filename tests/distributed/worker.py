@@ -5,9 +5,10 @@ Modes:
 
 * ``fit``: ``tae fit`` TAE on a toy contrast set (``TAE_TEST_DATA``) with the tiny model
   saved in ``TAE_TEST_MODEL``, into ``OUT/pipeline``.
-* ``fit-eval``: ``fit``, then evaluate ITI on fold 1 of a toy task (multiple choice + greedy generation
-  judged by a deterministic judge) into ``OUT/runs``. Every rank records how many
-  batches it pushed through the model in ``OUT/forwards-rank<r>.json``.
+* ``fit-eval``: ``fit``, then evaluate ITI on fold 1 of a toy task (multiple choice +
+  greedy generation judged by a deterministic judge) and sweep a 2 x 2 K x alpha grid on
+  it, into ``OUT/runs``. Every rank records how many batches it pushed through the model
+  in ``OUT/forwards-rank<r>.json``.
 * ``bad-inputs``: ranks that report different framework versions, then more ranks than
   texts to capture; the errors are recorded.
 * ``tp``: tensor parallelism (``tp_plan="auto"``): the logits of an edited global head
@@ -129,6 +130,7 @@ def fit(out: Path) -> None:
 
 def fit_eval(out: Path) -> None:
     from tae_framework.evaluation.runner import run_eval
+    from tae_framework.evaluation.sweep import run_sweep
     from tae_framework.models.loading import load_model
     from tae_framework.plugins import create_plugin_manager
 
@@ -137,11 +139,13 @@ def fit_eval(out: Path) -> None:
     reg = create_plugin_manager().registry
     reg.add_component(ParityJudge, "test", "test", "0")
     reg.add_task("toy-where", ToyTask, "test", "test", "0")
-    run_eval(model, tok, {
+    cfg = {
         "task": "toy-where", "method": "iti", "overrides": OVERRIDES, "max_new_tokens": 4,
         "batch_size": 2, "out_dir": str(out / "runs"), "run": "toy", "baseline": True,
         "strength_figures": 0, "progress": False, "folds": [1],
-    }, reg)  # fmt: skip
+    }  # fmt: skip
+    run_eval(model, tok, cfg, reg)
+    run_sweep(model, tok, {**cfg, "run": "grid"}, ks=[2, 4], alphas=[1.0, 5.0], registry=reg)
 
 
 def bad_inputs(out: Path) -> None:

@@ -158,3 +158,21 @@ def test_load_model_with_a_device_map_and_an_offload_folder(models, tmp_path):
         torch.testing.assert_close(auto(**enc).logits, model(**enc).logits, rtol=0, atol=1e-5)
     with pytest.raises(ConfigError, match="offload_folder is used with device='auto'"):
         load_model(tmp_path / "m", device="cpu", offload_folder=tmp_path / "off")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_model_split_between_gpu_and_cpu_is_edited_like_the_whole_model(models, fitted, tmp_path):
+    """Layer 0 and the embedding on the GPU, layer 1 in CPU memory, the head back on the GPU:
+    edit tensors go to each execution device once, the logits match the whole model's."""
+    from transformers import AutoModelForCausalLM
+
+    model, _, tok = models
+    model.save_pretrained(tmp_path / "m")
+    device_map = {"model.embed_tokens": 0, "model.rotary_emb": 0, "model.layers.0": 0,
+                  "model.layers.1": "cpu", "model.norm": 0, "lm_head": 0}
+    split = AutoModelForCausalLM.from_pretrained(tmp_path / "m", device_map=device_map, dtype=torch.float32).eval()
+    pipe = fitted["iti"]
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad(), pipe.apply(split, "all"):
+        got = split(**{k: v.to("cuda:0") for k, v in enc.items()}).logits.cpu()
+    torch.testing.assert_close(got, _logits(model, tok, pipe), rtol=0, atol=1e-4)
