@@ -233,7 +233,8 @@ def token_strengths_figure(trace: TokenStrengths, title: str = ""):
     room = max(40, int(inner * 13))  # characters of the prompt that fit on one line
     if len(prompt) > room:  # keep the end: the question comes last
         prompt = "…" + prompt[-(room - 1) :]
-    heading = title or f"per-token edit strength α(1+w)\nprompt: {prompt}"
+    rule = "α (fixed intervener)" if trace.constant else "α(1+w)"
+    heading = title or f"per-token edit strength {rule}\nprompt: {prompt}"
     title_h = 0.2 + 0.17 * (heading.count("\n") + 1)
     tokens_h = row_h * len(rows)
     scale_h = 0.62  # colour bar with its label, or the constant-strength note
@@ -282,7 +283,8 @@ def token_strengths_figure(trace: TokenStrengths, title: str = ""):
     # -- strength, p and u per token -----------------------------------------------------
     ax_s = fig.add_axes(rect(scale_top + scale_h + legend_h, plot_h))
     xs = list(range(n))
-    handles = ax_s.plot(xs, trace.strength, marker="o", color="tab:red", label="strength α(1+w)")
+    label = "strength α (fixed)" if trace.constant else "strength α(1+w)"
+    handles = ax_s.plot(xs, trace.strength, marker="o", color="tab:red", label=label)
     ax_s.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
     ax_s.set_ylabel("edit strength", fontsize=8)
     if constant and trace.strength:
