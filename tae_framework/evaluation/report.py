@@ -51,7 +51,8 @@ def _breakdown_tables(summary: Mapping[str, Any]) -> list[str]:
     for name, groups in (summary.get("breakdown") or {}).items():
         pct = percent.get(name, False)
         base = ((summary.get("baseline") or {}).get("breakdown") or {}).get(name, {})
-        head = ["group", summary["method"]["name"] + (" (%)" if pct else "")] + (["baseline"] if base else [])
+        unit = " (%)" if pct else ""
+        head = ["group", summary["method"]["name"] + unit] + ([f"baseline{unit}"] if base else [])
         lines += ["", f"## {name} by group", "", "| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
         for g, v in groups.items():
             cells = [g, _cell(v, pct)] + ([_cell(base.get(g), pct)] if base else [])
