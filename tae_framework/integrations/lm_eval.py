@@ -167,6 +167,15 @@ class TAELM(HFLM):
                 )
         return span.to(inps.device)
 
+    def _detect_batch_size(self, requests=None, pos: int = 0):
+        # batch_size=auto probes memory with dummy batches: edit every position (the most
+        # work an edit adds), since the dummies match no request
+        saved, self._contlens = self._contlens, None
+        try:
+            return super()._detect_batch_size(requests, pos)
+        finally:
+            self._contlens = saved
+
     def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
         if self.tae_scope == "scored" and self._contlens is not None:
             session = self.tae_pipeline.apply(self.model, "span", span=self._scored_span(inps))

@@ -163,6 +163,12 @@ def test_scored_scope_edits_the_positions_that_predict_the_continuation(setup, e
     assert torch.allclose(torch.tensor(sum(edited, [])), torch.tensor(sum(want, [])), atol=1e-4)
 
 
+def test_automatic_batch_size(setup, edited):
+    auto = _loglikelihoods(_run(setup, MODEL_NAME, "tae_toy_mc", batch_size="auto",
+                                pipeline=str(setup["pipes"]["edited"])))  # fmt: skip
+    assert torch.allclose(torch.tensor(sum(auto, [])), torch.tensor(sum(edited, [])), atol=1e-4)
+
+
 def test_all_scope_and_batching(setup):
     one = _loglikelihoods(_run(setup, MODEL_NAME, "tae_toy_mc", batch_size=1,
                                pipeline=str(setup["pipes"]["edited"]), scope="all"))  # fmt: skip
