@@ -77,6 +77,24 @@ def test_offloaded_model_edited_gives_the_same_logits(models, fitted, preset):
     torch.testing.assert_close(_logits(off, tok), plain, rtol=0, atol=1e-5)
 
 
+def test_tae_lens_through_an_offloaded_unembedding(models, fitted, tmp_path):
+    """TAE's logit lens calls the unembedding module; offloaded to disk, accelerate's hook
+    brings its weights in for the lens exactly as for the model's own output."""
+    from transformers import AutoModelForCausalLM
+
+    model, _, tok = models
+    model.save_pretrained(tmp_path / "m")
+    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
+                  "model.layers.1": "cpu", "model.norm": "disk", "lm_head": "disk"}
+    off = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "m", device_map=device_map, offload_folder=str(tmp_path / "off"), dtype=torch.float32
+    ).eval()
+    assert off.lm_head.weight.device.type == "meta"
+    pipe = fitted["tae"]
+    torch.testing.assert_close(_logits(off, tok, pipe), _logits(model, tok, pipe), rtol=0, atol=1e-5)
+    assert pipe.generate(off, tok, PROMPTS, max_new_tokens=4) == pipe.generate(model, tok, PROMPTS, max_new_tokens=4)
+
+
 def test_offloaded_model_generates_and_fits_the_same(models, fitted):
     model, off, tok = models
     pipe = fitted["tae"]
