@@ -78,10 +78,31 @@ def _dist():
     return dist
 
 
+_warned_uninitialised = False
+
+
 def is_distributed() -> bool:
-    """Whether a process group with more than one rank is active."""
+    """Whether a process group with more than one rank is active.
+
+    A process started by a launcher (``WORLD_SIZE`` > 1) that never joined the group is
+    warned about once: every rank would then do all the work and write the same files.
+    """
+    global _warned_uninitialised
     dist = _dist()
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size() > 1
+    if _launched() and not _warned_uninitialised:
+        import warnings
+
+        _warned_uninitialised = True
+        warnings.warn(
+            f"this process was started as one of {os.environ.get('WORLD_SIZE')} ranks but has not "
+            "joined their process group, so it works alone (every rank repeats all the work): "
+            "call tae_framework.distributed.init() at the start of the script",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return False
 
 
 def rank() -> int:

@@ -91,3 +91,10 @@ def test_site_slices_need_a_whole_world(as_rank):
     assert distributed.local_site(x, 6).flatten().tolist() == list(range(6, 12))
     with pytest.raises(distributed.DistributedError, match="spanning the whole world"):
         distributed.local_site(x, 4)
+
+
+def test_a_launched_process_that_never_joined_is_warned_about(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed, "_warned_uninitialised", False)
+    with pytest.warns(RuntimeWarning, match=r"call tae_framework.distributed.init\(\)"):
+        assert distributed.is_distributed() is False
