@@ -31,7 +31,12 @@ from typing import Any
 
 import torch
 
+from ._log import get_logger
+from .errors import ConfigError
+
 __all__ = ["DEMO_METHODS", "build_parser", "main", "run_demo"]
+
+log = get_logger(__name__)
 
 _SRC = {"batch_size": 64, "progress": False}
 #: Methods of the demo: preset name and overrides tuned for the organism (4 layers x
@@ -90,30 +95,31 @@ def run_demo(
     from .plugins import default_registry
 
     t0 = time.perf_counter()
-    model, tok, world = load()
     reg = default_registry()
-    wanted = list(methods) if methods else [m for m, (preset, _) in DEMO_METHODS.items() if preset in reg.presets]
-    unknown = [m for m in wanted if m not in DEMO_METHODS]
-    if unknown:
-        raise SystemExit(f"unknown demo method {unknown[0]!r}; choose from {', '.join(DEMO_METHODS)}")
+    wanted = check_methods(methods, reg)  # before any work
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit must be a positive number of prompts per context (or None for all), got {limit!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    model, tok, world = load()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     task_options = {"contexts": ["deceptive", "honest"], "split": "heldout", "limit": limit, "max_new_tokens": 8}
-    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
-    log(f"[demo] organism: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; methods: {', '.join(wanted)}")
+    say = log.info if progress else log.debug
+    say("organism: %.1fM parameters; methods: %s", sum(p.numel() for p in model.parameters()) / 1e6, ", ".join(wanted))
     rows: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
     runs: dict[str, str] = {}
     summaries: dict[str, Any] = {}
     for i, name in enumerate(wanted):
         preset, overrides = DEMO_METHODS[name]
-        log(f"[demo] fitting and evaluating {name} (preset '{preset}')")
+        say("fitting and evaluating %s (preset '%s')", name, preset)
         t = time.perf_counter()
         cfg = {
             "task": "organism", "task_options": task_options, "method": preset, "overrides": overrides,
             "judge": "organism-oracle", "side_effects": True, "side_effects_n": limit or 200, "baseline": i == 0,
             "batch_size": batch_size, "seed": 0, "out_dir": str(out_dir / "runs"), "run": name,
-            "strength_figures": 0, "progress": False,
+            "strength_figures": 0, "progress": progress,
         }  # fmt: skip
         s = run_eval(model, tok, cfg, reg, overwrite=True)
         if i == 0:
@@ -142,6 +148,38 @@ def run_demo(
 
     write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def check_methods(methods: Sequence[str] | None, registry: Any = None) -> list[str]:
+    """The demo methods to run: ``methods`` checked against :data:`DEMO_METHODS` and the
+    installed presets (``None``: every demo method whose preset is installed).
+
+    Raises:
+        ConfigError: naming an unknown method and the valid names, or a method whose
+            plugin is not installed.
+    """
+    if registry is None:
+        from .plugins import default_registry
+
+        registry = default_registry()
+    if methods is None:
+        return [m for m, (preset, _) in DEMO_METHODS.items() if preset in registry.presets]
+    wanted = [m.strip() for m in methods if m.strip()]
+    if not wanted:
+        raise ConfigError(f"no demo method given: choose from {', '.join(DEMO_METHODS)}")
+    unknown = [m for m in wanted if m not in DEMO_METHODS]
+    if unknown:
+        raise ConfigError(
+            f"unknown demo method(s) {', '.join(map(repr, unknown))}: choose from {', '.join(DEMO_METHODS)}"
+        )
+    missing = [m for m in wanted if DEMO_METHODS[m][0] not in registry.presets]
+    if missing:
+        raise ConfigError(
+            f"demo method(s) {', '.join(map(repr, missing))} need a plugin that is not installed "
+            "(pip install -e plugins/tae-iti for iti and iti-random, plugins/tae-caa for caa)"
+        )
+    seen: set[str] = set()
+    return [m for m in wanted if not (m in seen or seen.add(m))]
 
 
 def _count_contexts(summary: Mapping[str, Any]) -> dict[str, int]:
@@ -173,26 +211,46 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _methods_option(text: str) -> list[str]:
+    """``--methods``: a comma-separated subset of :data:`DEMO_METHODS` (checked at parse time)."""
+    wanted = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in wanted if m not in DEMO_METHODS]
+    if not wanted or unknown:
+        what = f"unknown method(s) {', '.join(map(repr, unknown))}" if unknown else "no method given"
+        raise argparse.ArgumentTypeError(f"{what}: choose from {', '.join(DEMO_METHODS)}")
+    return wanted
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from .commands._common import CommandParser, count
+
+    p = CommandParser(
         prog="tae demo",
         description="TAE, ITI (and CAA) against no edit on the shipped model organism, offline.",
     )
-    p.add_argument("--methods", default=None, help="comma-separated subset of: " + ", ".join(DEMO_METHODS))
+    p.add_argument(
+        "--methods", type=_methods_option, default=None,
+        help="comma-separated subset of: " + ", ".join(DEMO_METHODS) + " (default: all whose plugin is installed)",
+    )  # fmt: skip
     p.add_argument("--out", default="results/demo", help="output directory")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N prompts per context")
+    p.add_argument("--batch-size", type=count(1), default=64, help="prompts per forward pass")
+    p.add_argument("--limit", type=count(1), default=None, help="evaluate only the first N prompts per context (default: all)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress messages")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .commands._common import apply_verbosity, fail
+
     args = build_parser().parse_args(argv)
+    apply_verbosity(args)
+    try:
+        check_methods(args.methods)  # a missing plugin is refused before the organism is loaded
+    except ConfigError as exc:
+        return fail("tae demo", exc)
     # the organism is tiny: one thread beats two (less synchronisation, no oversubscription)
     torch.set_num_threads(1)
-    methods = args.methods.split(",") if args.methods else None
-    summary = run_demo(methods, args.out, args.batch_size, args.limit, progress=not args.quiet)
+    summary = run_demo(args.methods, args.out, args.batch_size, args.limit, progress=not args.quiet)
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "figures"} | {"figures": {k: v for k, v in summary["figures"].items() if k != "strengths"}}, indent=2))
     else:

@@ -11,7 +11,11 @@ from typing import Any
 from ..errors import ConfigError
 
 __all__ = [
+    "CommandParser",
     "add_eval_args",
+    "add_verbosity_args",
+    "apply_verbosity",
+    "count",
     "check_output_dir",
     "one_line",
     "add_method_args",
@@ -24,6 +28,81 @@ __all__ = [
     "method_from_args",
     "parse_assignments",
 ]
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The parser of every ``tae`` command.
+
+    * ``-v``/``-q`` (:func:`add_verbosity_args`) unless ``verbosity=False``;
+    * the help shows every option's default: an option with a default other than
+      ``None``/``False``/empty whose help does not already say it gets ``(default: X)``;
+    * a usage error is one line on stderr, ``PROG: error: MESSAGE (see PROG --help)``,
+      with exit code 2, like every other error of the command line.
+    """
+
+    def __init__(self, *args: Any, verbosity: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if verbosity:
+            add_verbosity_args(self)
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def format_help(self) -> str:
+        show_defaults(self)
+        return super().format_help()
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append ``(default: X)`` to the help of every option of ``parser`` whose default is
+    worth showing and whose help does not mention its default already (idempotent)."""
+    for action in parser._actions:
+        default = action.default
+        if not action.option_strings or action.help == argparse.SUPPRESS or isinstance(action, argparse._CountAction):
+            continue
+        if default is None or default is False or default is argparse.SUPPRESS or default in ([], ""):
+            continue
+        text = action.help or ""
+        if "default" in text.lower():
+            continue
+        action.help = f"{text} (default: %(default)s)".lstrip()
+
+
+def add_verbosity_args(p: argparse.ArgumentParser) -> None:
+    """``-v``/``--verbose`` and ``-q``/``--quiet`` (both repeatable counts); see
+    :func:`apply_verbosity`."""
+    g = p.add_argument_group("output")
+    g.add_argument("-v", "--verbose", action="count", default=0, help="more log messages (debug level)")
+    g.add_argument(
+        "-q", "--quiet", action="count", default=0,
+        help="only warnings and errors on stderr, no progress bars (results still go to stdout)",
+    )  # fmt: skip
+
+
+def apply_verbosity(args: argparse.Namespace) -> None:
+    """Set the library's verbosity from ``-v``/``-q``
+    (:func:`tae_framework._log.set_verbosity`)."""
+    from .._log import set_verbosity
+
+    set_verbosity(int(getattr(args, "verbose", 0) or 0) - int(getattr(args, "quiet", 0) or 0))
+
+
+def count(minimum: int = 1) -> Callable[[str], int]:
+    """An argparse ``type`` for a whole number of at least ``minimum``: anything else is a
+    one-line usage error naming the option and the value, before any work is done."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            what = "positive" if minimum == 1 else ("0 or more" if minimum == 0 else f"at least {minimum}")
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+        return value
+
+    parse.__name__ = "positive integer" if minimum == 1 else f"integer >= {minimum}"
+    return parse
 
 
 def _parse_value(text: str) -> Any:
@@ -94,7 +173,10 @@ def csv_list(text: str, cast: Callable[[str], Any], what: str) -> list[Any]:
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", required=True, help="hub id or local directory of a causal LM")
-    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    g.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights' dtype ('auto': the checkpoint's)",
+    )  # fmt: skip
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (device_map)")
     g.add_argument(
         "--offload-folder", default=None,
@@ -140,14 +222,14 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     g.add_argument("--no-mc", action="store_true", help="skip the multiple-choice protocols")
     g.add_argument("--no-generation", action="store_true", help="skip generation and judging")
-    g.add_argument("--max-new-tokens", type=int, default=None, help="generation length (default: the task's)")
+    g.add_argument("--max-new-tokens", type=count(1), default=None, help="generation length (default: the task's)")
     g.add_argument("--side-effects", action="store_true", help="measure CE/KL on held-out texts")
     g.add_argument("--side-effects-texts", default=None, help="file or hub id of held-out texts (implies --side-effects)")
-    g.add_argument("--side-effects-n", type=int, default=None, help="number of held-out texts (default 100)")
-    g.add_argument("--side-effects-max-tokens", type=int, default=None, help="tokens per held-out text (default 128)")
+    g.add_argument("--side-effects-n", type=count(1), default=None, help="number of held-out texts (default 100)")
+    g.add_argument("--side-effects-max-tokens", type=count(1), default=None, help="tokens per held-out text (default 128)")
     g.add_argument("--folds", default=None, help="comma-separated fold indices (default: all)")
-    g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--batch-size", type=count(1), default=8, help="texts per forward pass (and items per checkpoint)")
+    g.add_argument("--seed", type=int, default=42, help="seeds every fold (seed + k) and each item's sampled answers")
     g.add_argument("--out", default="results", help="parent folder of run directories")
     g.add_argument(
         "--run", "--run-name", dest="run", default=None,

@@ -10,12 +10,15 @@ from collections.abc import Sequence
 from .. import distributed
 from ..errors import TAEError
 from ._common import (
+    CommandParser,
     add_eval_args,
     add_method_args,
     add_model_args,
     add_task_args,
+    apply_verbosity,
     argv_of,
     check_output_dir,
+    count,
     eval_config_from_args,
     fail,
     load_model_from_args,
@@ -27,7 +30,7 @@ HELP = "run a method through the k-fold protocol"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="tae eval",
         description="Fit a method on every fold of a task, run the task's protocols on the fold's test "
         "items and write results/<run>/ (per-item results, summary.json, summary.md, figures). An "
@@ -38,13 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--refit", action="store_true", help="with --pipeline: refit its config on every fold")
     add_task_args(parser)
     add_eval_args(parser)
-    parser.add_argument("--strength-figures", type=int, default=3, help="per-token figures per fold (default 3)")
+    parser.add_argument("--strength-figures", type=count(0), default=3, help="per-token figures per fold (default 3)")
     parser.add_argument("--json", action="store_true", help="print summary.json instead of the table")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
+    apply_verbosity(args)
     from ..evaluation.plan import prepare
     from ..evaluation.rundir import SUMMARY_MD, json_default
     from ..evaluation.runner import execute_eval

@@ -12,9 +12,12 @@ from typing import Any
 from .. import distributed
 from ..errors import ConfigError, TAEError
 from ._common import (
+    CommandParser,
     add_method_args,
     add_model_args,
+    apply_verbosity,
     check_output_dir,
+    count,
     fail,
     load_model_from_args,
     method_from_args,
@@ -27,7 +30,7 @@ HELP = "fit a preset or config and save the pipeline"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="tae fit",
         description="Fit a method on contrast data (a JSONL/CSV file) or on one fold of a task, "
         "and save the fitted pipeline (config.json + tensors.safetensors).",
@@ -41,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--task-option", dest="task_options", action="append", default=[], metavar="KEY=VALUE",
         help="task option, e.g. source=../shared/data/truthful_qa; repeatable",
     )  # fmt: skip
-    parser.add_argument("--fold", type=int, default=0, help="with --task: the fold to fit on (default 0)")
+    parser.add_argument("--fold", type=count(0), default=0, help="with --task: the fold to fit on (default 0)")
     parser.add_argument("--out", required=True, help="directory to save the pipeline to")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing pipeline in --out")
     return parser
@@ -62,6 +65,7 @@ def _data(args: argparse.Namespace, reg: Any) -> tuple[Any, Any, dict[str, Any]]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
+    apply_verbosity(args)
     from ..evaluation.methods import resolve_method
     from ..evaluation.rundir import FIT_INFO_FILE, now, seed_everything, write_json
     from ..pipeline import CONFIG_FILE

@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, TAEError
-from ._common import add_model_args, fail, load_model_from_args, parse_assignments
+from ._common import (
+    CommandParser,
+    add_model_args,
+    apply_verbosity,
+    count,
+    fail,
+    load_model_from_args,
+    parse_assignments,
+)
 
 __all__ = ["HELP", "build_parser", "main"]
 
@@ -16,13 +24,13 @@ HELP = "apply a saved pipeline to prompts"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="tae generate", description="Generate greedily with a saved pipeline's edits on the last position."
     )
     add_model_args(parser)
     parser.add_argument("--pipeline", required=True, help="a saved pipeline directory")
     parser.add_argument("--prompt", action="append", required=True, help="a prompt; repeatable")
-    parser.add_argument("--max-new-tokens", type=int, default=50)
+    parser.add_argument("--max-new-tokens", type=count(1), default=50, help="tokens generated per prompt")
     parser.add_argument(
         "--set", dest="sets", action="append", default=[], metavar="intervener.KEY=VALUE",
         help="change the intervener config, e.g. intervener.alpha=5",
@@ -53,6 +61,7 @@ def _strengths(args: argparse.Namespace, pipe: Any, model: Any, tok: Any, i: int
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
+    apply_verbosity(args)
     from ..evaluation.methods import resolve_method
     from ..plugins import default_registry
 

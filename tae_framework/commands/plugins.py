@@ -7,13 +7,15 @@ import json
 import sys
 from collections.abc import Sequence
 
+from ._common import CommandParser, apply_verbosity
+
 __all__ = ["HELP", "build_parser", "main"]
 
 HELP = "list installed components, presets, tasks and protocols by role"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tae plugins", description="List installed components, presets, tasks and protocols by role.")
+    p = CommandParser(prog="tae plugins", description="List installed components, presets, tasks and protocols by role.")
     p.add_argument("--json", action="store_true", help="print JSON")
     return p
 
@@ -35,6 +37,7 @@ def _rows(reg) -> list[dict[str, str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
+    apply_verbosity(args)
     from ..plugins import create_plugin_manager
 
     reg = create_plugin_manager().registry

@@ -10,10 +10,12 @@ from pathlib import Path
 from .. import distributed
 from ..errors import TAEError
 from ._common import (
+    CommandParser,
     add_eval_args,
     add_method_args,
     add_model_args,
     add_task_args,
+    apply_verbosity,
     argv_of,
     check_output_dir,
     csv_list,
@@ -30,7 +32,7 @@ HELP = "grid over K and alpha"
 def build_parser() -> argparse.ArgumentParser:
     from ..evaluation.sweep import REFERENCE_ALPHA, REFERENCE_K
 
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="tae sweep",
         description="Evaluate a grid of K (heads edited, prober.top_k) and alpha (strength, "
         "intervener.alpha); every K is fitted once per fold and reused for every alpha. Writes "
@@ -47,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
+    apply_verbosity(args)
     from ..evaluation.plan import prepare
     from ..evaluation.sweep import check_grid, grid_values, run_sweep
     from ..plugins import default_registry

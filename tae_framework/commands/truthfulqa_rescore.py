@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 
 from ..errors import TAEError
+from ._common import CommandParser, apply_verbosity, fail
 
 __all__ = ["HELP", "build_parser", "main"]
 
@@ -16,7 +16,7 @@ HELP = "recompute MC and True/Info metrics from answer CSVs"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="tae truthfulqa rescore",
         description="Recompute MC1/MC2/MC3, True, Info and True*Info from TruthfulQA answer files "
         "(the TruthfulQA tooling's CSV format); each file is one fold.",
@@ -30,12 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
+    apply_verbosity(args)
     from ..evaluation.results import format_rescore, rescore
 
     try:
         result = rescore(args.files, model=args.model, judge=args.judge)
-    except TAEError as exc:
-        print(f"tae truthfulqa rescore: error: {exc}", file=sys.stderr)
-        return 2
+    except (TAEError, OSError) as exc:
+        return fail("tae truthfulqa rescore", exc)
     print(json.dumps(result, indent=2) if args.json else format_rescore(result))
     return 0
