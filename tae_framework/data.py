@@ -2,7 +2,9 @@
 
 A :class:`ContrastExample` is one ``prompt`` + ``completion`` with a ``label``
 (1 = aligned, e.g. a true answer; 0 = misaligned) and an optional ``group`` (the
-question id: folds and train/validation splits never separate a group). The text
+question id: folds and train/validation splits never separate a group). Without a
+``group``, the completions of one prompt form a group, which is what a contrast pair
+written as one prompt with an aligned and a misaligned completion needs. The text
 the model sees is ``prompt + completion``; the answer span is the completion.
 
 Loaders accept JSONL, CSV, a list of dicts, or a :class:`datasets.Dataset` with the
@@ -214,11 +216,12 @@ class ContrastDataset:
 
     @property
     def groups(self) -> torch.Tensor:
-        """Integer group ids; examples without a group get a group of their own."""
-        ids: dict[str, int] = {}
+        """Integer group ids; examples without a ``group`` are grouped by their prompt
+        (the completions of one prompt are one group)."""
+        ids: dict[tuple[str, str], int] = {}
         out = []
-        for i, e in enumerate(self.examples):
-            key = e.group if e.group is not None else f"__row{i}"
+        for e in self.examples:
+            key = ("group", e.group) if e.group is not None else ("prompt", e.prompt)
             out.append(ids.setdefault(key, len(ids)))
         return torch.tensor(out, dtype=torch.long)
 

@@ -73,7 +73,7 @@ def split_groups(groups: torch.Tensor, validation_fraction: float, seed: int) ->
     if unique.size < 2:
         raise DataError(
             f"fitting needs at least 2 groups (questions) to hold some out for validation; got {unique.size}. "
-            "Give examples distinct `group` values (or leave group empty: each example is then its own group)"
+            "Give examples distinct `group` values (or leave group empty: the completions of each prompt are then one group)"
         )
     rng = np.random.RandomState(seed)
     order = rng.permutation(unique)
