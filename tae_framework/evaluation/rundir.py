@@ -103,9 +103,12 @@ def chunks(seq: Sequence[Any], size: int) -> Iterator[list[Any]]:
 
 
 def progress_bar(enabled: bool, **kwargs: Any):
-    from tqdm.auto import tqdm
+    """The library's progress bar (:func:`tae_framework.progress.progress`): shown on
+    terminals unless ``enabled`` is False (the run's ``progress`` option) or the library
+    is quiet (``tae ... -q``)."""
+    from ..progress import progress
 
-    return tqdm(disable=not enabled, dynamic_ncols=True, **kwargs)
+    return progress(enabled=None if enabled else False, **kwargs)
 
 
 class Checkpoint:

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import distributed
+from .._log import get_logger
 from .._version import __version__
 from ..pipeline import CONFIG_FILE
 from ..registry import Registry
@@ -66,6 +67,8 @@ from .rundir import (
     versions,
     write_json,
 )
+
+log = get_logger(__name__)
 
 __all__ = [
     "EvalConfig",
@@ -130,10 +133,16 @@ def _run_folds(plan: Plan, model: Any, tokenizer: Any) -> list[dict[str, Any]]:
             def factory(fold=fold, pipe_dir=fold_dir / "pipeline"):
                 return fit_or_load(plan, model, tokenizer, fold, pipe_dir)
 
+            log.info(
+                "%s: fold %d (%d of %d), %d test items", plan.run_name, fold.index, len(docs) + 1, len(plan.folds),
+                len(fold.test),
+            )  # fmt: skip
             doc = run_fold(
                 plan, model, tokenizer, fold, fold_dir, pipe_factory=factory,
                 baseline_dir=fold_dir if plan.cfg.baseline else None, figures=True, desc=f"fold {fold.index}",
             )  # fmt: skip
+            log.info("%s: fold %d %s", plan.run_name, fold.index,
+                     "resumed from its files" if doc["resumed"] else f"done in {doc['elapsed_s']:.1f} s")  # fmt: skip
             bar.set_postfix_str("resumed" if doc["resumed"] else f"{doc['elapsed_s']:.0f}s")
             bar.update(1)
             docs.append(doc)
