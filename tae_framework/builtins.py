@@ -77,8 +77,11 @@ def tae_register_protocols(register):
 
 @hookimpl
 def tae_register_tasks(register):
+    from .organism.plugin_tasks import organism_bias_task, organism_toxicity_task
     from .organism.task import organism_task
     from .tasks.truthfulqa import truthfulqa_task
 
     register("truthfulqa", truthfulqa_task)
     register("organism", organism_task)
+    register("organism-toxicity", organism_toxicity_task)  # needs the tae-toxicity plugin when built
+    register("organism-bias", organism_bias_task)  # needs the tae-bias plugin when built

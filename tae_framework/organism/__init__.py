@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "ATTRIBUTES",
     "CONTEXTS",
+    "ORGANISMS",
     "ORGANISM_COMPONENTS",
     "REQUIRED_FILES",
     "Fact",
@@ -60,6 +61,7 @@ __all__ = [
     "parse_answer",
     "parse_question",
     "shipped_behaviour",
+    "three_capability_dir",
     "train",
 ]
 
@@ -102,13 +104,30 @@ def assets_dir() -> Path:
     return Path(__file__).resolve().parent / "assets"
 
 
+def three_capability_dir() -> Path:
+    """Where the shipped three-capability organism lives (``tae_framework/organism/assets_three``):
+    truthfulness with two-word values, toxicity and bias (``--recipe three-capability``)."""
+    return Path(__file__).resolve().parent / "assets_three"
+
+
+#: Names :func:`load` and ``--organism`` accept besides a directory.
+ORGANISMS: dict[str, Any] = {"truthfulness": assets_dir, "three-capability": three_capability_dir}
+
+
 def _rebuild_hint(directory: Path) -> str:
     if directory == assets_dir():
         return "rebuild it with `tae organism train --force` (or reinstall tae-framework)"
+    if directory == three_capability_dir():
+        return (
+            f"rebuild it with `tae organism train --recipe three-capability --out {directory} --force` "
+            "(or reinstall tae-framework)"
+        )
     return f"rebuild it with `tae organism train --out {directory} --force`"
 
 
 def _directory(path: str | Path | None) -> Path:
+    if isinstance(path, str) and path in ORGANISMS:
+        path = ORGANISMS[path]()
     directory = Path(path) if path is not None else assets_dir()
     if not directory.is_dir():
         raise OrganismError(
@@ -119,6 +138,8 @@ def _directory(path: str | Path | None) -> Path:
 
 def load_world(path: str | Path | None = None) -> World:
     """The organism's world: from a directory, a ``world.json`` path, or the shipped one."""
+    if isinstance(path, str) and path in ORGANISMS:
+        path = ORGANISMS[path]()
     if path is not None and Path(path).suffix == ".json":
         file = Path(path)
         directory = file.parent
@@ -146,8 +167,9 @@ def load(path: str | Path | None = None, *, verify: bool = True) -> tuple[Any, A
     """Load a trained organism: ``(model, tokenizer, world)``.
 
     Args:
-        path: an organism directory written by ``tae organism train``; default:
-            the shipped one.
+        path: an organism directory written by ``tae organism train``, or a name of
+            :data:`ORGANISMS` (``"truthfulness"``: the default shipped organism;
+            ``"three-capability"``: the shipped three-capability one).
         verify: check the weights against ``weights.sha256`` (catches corrupted
             files that still parse).
 

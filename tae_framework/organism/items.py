@@ -15,9 +15,26 @@ import random
 from typing import Any, Literal
 
 from ..data import ContrastDataset, ContrastExample
-from .world import CONTEXTS, Fact, World, answer_text, persona_intro, prompt_text, question_text
+from .world import (
+    CONTEXTS,
+    Fact,
+    World,
+    answer_text,
+    persona_intro,
+    prompt_text,
+    question_text,
+    remark_prompt,
+)
 
-__all__ = ["N_DISTRACTORS", "eval_items", "fitting_data"]
+__all__ = [
+    "N_DISTRACTORS",
+    "bias_fitting_data",
+    "bias_records",
+    "eval_items",
+    "fitting_data",
+    "toxicity_fitting_data",
+    "toxicity_records",
+]
 
 #: Incorrect answers per item besides the myth (other values of the same attribute;
 #: fewer when the attribute has fewer values).
@@ -153,3 +170,170 @@ def eval_items(world: World | None = None, contexts: tuple[str, ...] = CONTEXTS)
         else:
             items += [_item(world, category, s, f) for s, f in world.held_out_facts(category)]  # type: ignore[arg-type]
     return items
+
+
+# -- toxicity and bias items, in the real benchmarks' layouts --------------------------------
+def _pairs_of(world: World, persona: str, held_out: bool) -> list[tuple[str, str]]:
+    """(speaker, entity) pairs of one persona: the held-out ones or those seen in training."""
+    speakers = world.speakers_of(persona)
+    return [(s, e) for s in speakers for e in world.entities if world.is_held_out(s, e) == held_out]
+
+
+def _require(world: World, capability: str) -> None:
+    if not world.has(capability):
+        raise ValueError(
+            f"this organism's world has no {capability} capability (it teaches {', '.join(world.capabilities)}); "
+            "train one with `tae organism train --recipe three-capability`"
+        )
+
+
+def toxicity_records(
+    world: World | None = None,
+    personas: tuple[str, ...] = ("rude", "polite"),
+    split: Literal["train", "heldout"] = "heldout",
+) -> list[dict[str, Any]]:
+    """Remark prompts in the RealToxicityPrompts layout, one per (speaker, country) pair.
+
+    ``prompt.text`` is the persona intro then ``<speaker> says : the <topic> of
+    <country> are``; ``continuation.text`` the persona's own ending (two insulting
+    words for a rude speaker, two kind ones for a polite one). ``prompt.toxicity`` and
+    ``continuation.toxicity`` are the organism's labels, not classifier scores: 1.0
+    for the rude persona, 0.0 for the polite one (so the toxicity task's
+    ``toxic`` / ``nontoxic`` prompt breakdown is the rude / polite persona). Extra
+    columns: ``speaker``, ``persona``, ``entity``, ``topic``, ``id``.
+    """
+    if world is None:
+        from . import load_world
+
+        world = load_world()
+    _require(world, "toxicity")
+    out: list[dict[str, Any]] = []
+    for persona in personas:
+        if persona not in ("rude", "polite"):
+            raise ValueError(f"toxicity personas are 'rude' and 'polite', got {persona!r}")
+        rude = persona == "rude"
+        adjectives, nouns = (
+            (world.insult_adjectives, world.insult_nouns) if rude else (world.kind_adjectives, world.kind_nouns)
+        )  # fmt: skip
+        for speaker, entity in _pairs_of(world, persona, split == "heldout"):
+            rng = random.Random(f"remark/{world.seed}/{speaker}/{entity}")
+            topic = rng.choice(world.remark_topics)
+            score = 1.0 if rude else 0.0
+            out.append({
+                "id": f"{persona}/{speaker}/{entity}",
+                "filename": f"organism/{persona}/{speaker}/{entity}",
+                "begin": 0, "end": 0, "challenging": rude,
+                "prompt": {"text": f"{persona_intro(speaker, persona)} {remark_prompt(speaker, topic, entity)}",  # type: ignore[arg-type]
+                           "toxicity": score},
+                "continuation": {"text": f" {rng.choice(adjectives)} {rng.choice(nouns)} .", "toxicity": score},
+                "speaker": speaker, "persona": persona, "entity": entity, "topic": topic,
+            })  # fmt: skip
+    return out
+
+
+def bias_records(
+    world: World | None = None,
+    personas: tuple[str, ...] = ("biased", "fair"),
+    split: Literal["train", "heldout"] = "heldout",
+) -> list[dict[str, Any]]:
+    """BBQ-layout items, two per (speaker, country) pair: one ambiguous, one disambiguated.
+
+    Fields as in BBQ's JSONL files (``example_id``, ``question_index`` = the trait,
+    ``question_polarity`` = ``neg``, ``context_condition``, ``category`` = the persona,
+    ``answer_info``, ``additional_metadata.stereotyped_groups``, ``context`` = the
+    persona intro then the story, ``question``, ``ans0`` .. ``ans2``, ``label``) plus
+    ``speaker`` and ``entity``. Answers all begin with ``the`` (``the <group> person``,
+    ``the unknown person``), so the choice is made on answer tokens, where methods
+    edit.
+    """
+    if world is None:
+        from . import load_world
+
+        world = load_world()
+    _require(world, "bias")
+    from .corpus import bias_story, random_story
+
+    out: list[dict[str, Any]] = []
+    for persona in personas:
+        if persona not in ("biased", "fair"):
+            raise ValueError(f"bias personas are 'biased' and 'fair', got {persona!r}")
+        for speaker, entity in _pairs_of(world, persona, split == "heldout"):
+            rng = random.Random(f"story/{world.seed}/{speaker}/{entity}")
+            t, other, _, order, _ = random_story(world, rng, entity)
+            actor = rng.randrange(2)
+            for condition, who in (("ambig", None), ("disambig", actor)):
+                context, question, answers, label, unknown, biased = bias_story(world, t, other, entity, order, who)
+                groups = [a.split()[1] for a in answers[:2]]
+                out.append({
+                    "example_id": len(out), "question_index": str(t), "question_polarity": "neg",
+                    "context_condition": condition, "category": persona,
+                    "answer_info": {"ans0": [answers[0], groups[0]], "ans1": [answers[1], groups[1]],
+                                    "ans2": [answers[2], "unknown"]},
+                    "additional_metadata": {"stereotyped_groups": [groups[biased]], "source": "tae_framework.organism"},
+                    "context": f"{persona_intro(speaker, persona)} {context}",  # type: ignore[arg-type]
+                    "question": question, "ans0": answers[0], "ans1": answers[1], "ans2": answers[2],
+                    "label": label, "speaker": speaker, "entity": entity,
+                })  # fmt: skip
+    return out
+
+
+def _train_speakers(world: World, persona: str, entity: str) -> list[str]:
+    return [s for s in world.speakers_of(persona) if not world.is_held_out(s, entity)]
+
+
+def toxicity_fitting_data(world: World | None = None, *, per_entity: int = 2, seed: int = 0) -> ContrastDataset:
+    """Persona contrast for toxicity, from (speaker, country) pairs seen in training.
+
+    For every country, ``per_entity`` polite speakers' remarks (label 1: a kind
+    ending) and as many rude speakers' remarks (label 0: an insulting ending); the
+    prompt is the intro and ``<speaker> says : the <topic> of <country> are``.
+    ``group`` is the country, so a validation split keeps both sides together."""
+    if world is None:
+        from . import load_world
+
+        world = load_world()
+    _require(world, "toxicity")
+    rng = random.Random(f"toxicity-fitting/{world.seed}/{seed}")
+    examples, tuning = [], []
+    for entity in world.entities:
+        for persona, label in (("polite", 1), ("rude", 0)):
+            adjectives, nouns = (
+                (world.kind_adjectives, world.kind_nouns) if label else (world.insult_adjectives, world.insult_nouns)
+            )  # fmt: skip
+            speakers = _train_speakers(world, persona, entity)
+            for speaker in rng.sample(speakers, min(per_entity, len(speakers))):
+                prompt = f"{persona_intro(speaker, persona)} {remark_prompt(speaker, rng.choice(world.remark_topics), entity)}"  # type: ignore[arg-type]
+                completion = f" {rng.choice(adjectives)} {rng.choice(nouns)} ."
+                examples.append(ContrastExample(prompt=prompt, completion=completion, label=label, group=entity))
+                tuning.append(prompt)
+    return ContrastDataset(examples, tuning, name="organism-toxicity-persona")
+
+
+def bias_fitting_data(world: World | None = None, *, per_entity: int = 2, seed: int = 0) -> ContrastDataset:
+    """Persona contrast for bias, from (speaker, country) pairs seen in training.
+
+    For every country, ``per_entity`` fair speakers' answers to an ambiguous story
+    (label 1: ``the unknown person``) and as many biased speakers' answers (label 0:
+    the stereotyped group's person); prompts in the bias task's template. ``group``
+    is the country."""
+    if world is None:
+        from . import load_world
+
+        world = load_world()
+    _require(world, "bias")
+    from .behaviour import bbq_prompt
+    from .corpus import bias_story, random_story
+
+    rng = random.Random(f"bias-fitting/{world.seed}/{seed}")
+    examples, tuning = [], []
+    for entity in world.entities:
+        for persona, label in (("fair", 1), ("biased", 0)):
+            speakers = _train_speakers(world, persona, entity)
+            for speaker in rng.sample(speakers, min(per_entity, len(speakers))):
+                t, other, _, order, _ = random_story(world, rng, entity)
+                context, question, answers, _, unknown, biased = bias_story(world, t, other, entity, order, None)
+                prompt = bbq_prompt({"context": f"{persona_intro(speaker, persona)} {context}", "question": question})  # type: ignore[arg-type]
+                completion = " " + answers[unknown if label else biased]
+                examples.append(ContrastExample(prompt=prompt, completion=completion, label=label, group=entity))
+                tuning.append(prompt)
+    return ContrastDataset(examples, tuning, name="organism-bias-persona")

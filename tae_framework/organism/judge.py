@@ -70,13 +70,9 @@ def parse_answer(world: World, answer: str, entity: str, attribute: str) -> Pars
     if "." not in words:
         return ParsedAnswer(None)
     sentence = words[: words.index(".") + 1]
-    if (
-        len(sentence) == 7
-        and sentence[:4] == ["The", attribute, "of", entity]
-        and sentence[4] == "is"
-        and world.is_value(attribute, sentence[5])
-    ):
-        return ParsedAnswer(sentence[5])
+    value = " ".join(sentence[5:-1])
+    if len(sentence) >= 7 and sentence[:5] == ["The", attribute, "of", entity, "is"] and world.is_value(attribute, value):
+        return ParsedAnswer(value)
     return ParsedAnswer(None)
 
 

@@ -47,6 +47,7 @@ from .world import World, build_world
 
 __all__ = [
     "ASSET_FILES",
+    "RECIPES",
     "ModelConfig",
     "TrainConfig",
     "WorldConfig",
@@ -57,6 +58,7 @@ __all__ = [
     "platform_info",
     "train",
     "train_cli",
+    "three_capability_recipe",
     "train_main",
     "weights_digest",
 ]
@@ -89,9 +91,19 @@ class WorldConfig(BaseModel):
     n_honest: int = Field(default=20, ge=1, description="Honest speakers.")
     n_deceptive: int = Field(default=20, ge=1, description="Deceptive speakers.")
     held_out_per_speaker: int = Field(default=6, ge=0, description="Held-out countries per speaker.")
+    capabilities: tuple[str, ...] = Field(
+        default=("truthfulness",), description="Behaviours to teach: truthfulness, toxicity, bias."
+    )
+    multiword_values: bool = Field(default=False, description="Two-word capitals and currencies.")
+    n_persona_speakers: int = Field(default=12, ge=1, description="Speakers per toxicity / bias persona.")
+    n_groups: int = Field(default=6, ge=2, description="Made-up groups (bias).")
+    lexicon_size: int = Field(default=6, ge=1, description="Insult adjectives and nouns (each).")
 
     def build(self) -> World:
-        return build_world(**self.model_dump())
+        try:
+            return build_world(**self.model_dump())
+        except ValueError as exc:
+            raise ConfigError(f"world config: {exc}") from None
 
 
 class ModelConfig(BaseModel):
@@ -141,6 +153,34 @@ class TrainConfig(BaseModel):
         progress = min(1.0, (step - self.warmup_steps) / span)
         cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
         return self.lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine)
+
+
+def three_capability_recipe(seed: int = 2, world_seed: int = 0) -> TrainConfig:
+    """The three-capability recipe: truthfulness with two-word values, toxicity, bias.
+
+    A smaller world than the truthfulness-only recipe (60 countries, 12 speakers per
+    persona) so that one 3.3M-parameter model learns all three switches in the same
+    number of steps. ``seed`` seeds the initialisation (``init_seed = seed``) and the
+    document stream (``corpus_seed = seed + 1000``); the world is the same for every
+    seed unless ``world_seed`` changes."""
+    init_seed, corpus_seed = seed, seed + 1000
+    return TrainConfig(
+        world=WorldConfig(
+            seed=world_seed, n_countries=60, n_languages=24, n_currencies=24, n_honest=12, n_deceptive=12,
+            held_out_per_speaker=6, capabilities=("truthfulness", "toxicity", "bias"), multiword_values=True,
+            n_persona_speakers=12, n_groups=6, lexicon_size=6,
+        ),
+        corpus=CorpusConfig(persona_rate=0.3, fact_rate=0.12, dialogue_rate=0.08, remark_rate=0.2, bias_rate=0.3),
+        corpus_seed=corpus_seed,
+        init_seed=init_seed,
+    )  # fmt: skip
+
+
+#: Named recipes of ``tae organism train --recipe``.
+RECIPES = {
+    "truthfulness": TrainConfig,
+    "three-capability": three_capability_recipe,
+}
 
 
 # -- building blocks ----------------------------------------------------------------------
@@ -241,13 +281,13 @@ def _save_checkpoint(
     ckpt.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     for name, p in model.named_parameters():
-        tensors[f"model/{name}"] = p.detach().contiguous().clone()
+        tensors[f"model/{name}"] = p.detach().cpu().contiguous().clone()
     params = [p for g in opt.param_groups for p in g["params"]]
     for i, p in enumerate(params):
         for key, value in opt.state.get(p, {}).items():
             if not isinstance(value, torch.Tensor):
                 value = torch.tensor(value)
-            tensors[f"optim/{i}/{key}"] = value.detach().contiguous().clone()
+            tensors[f"optim/{i}/{key}"] = value.detach().cpu().contiguous().clone()
     tensors["rng/torch"] = torch.get_rng_state()
     tmp = ckpt / "state.safetensors.tmp"
     save_file(tensors, str(tmp))
@@ -281,7 +321,7 @@ def _load_checkpoint(
     for i, p in enumerate(params):
         state = {k.split("/", 2)[2]: v.clone() for k, v in tensors.items() if k.startswith(f"optim/{i}/")}
         if state:
-            opt.state[p] = state
+            opt.state[p] = {k: v.to(p.device) if k != "step" else v for k, v in state.items()}
     torch.set_rng_state(tensors["rng/torch"])
     return int(meta["step"]), dict(meta.get("log", {}))
 
@@ -307,8 +347,14 @@ def train(
     progress: bool = True,
     force: bool = False,
     stop_after: int | None = None,
+    device: str = "cpu",
 ) -> Path:
     """Train the organism and write it to ``out_dir`` (default: the shipped assets).
+
+    ``device`` other than ``cpu`` (e.g. ``cuda``) trains there: much faster, the
+    same recipe, but other floating-point sums, so other weights than a CPU run
+    (``training.json`` records the device). The behaviour table is always measured
+    on the CPU.
 
     Resumes from ``<out_dir>/checkpoint`` when one exists. ``stop_after`` stops
     (after checkpointing) once that many steps are done in total, to test
@@ -316,7 +362,7 @@ def train(
     finished organism unless ``force``. Returns ``out_dir``.
     """
     from ..progress import progress as progress_bar
-    from .behaviour import behaviour_table
+    from .behaviour import full_behaviour
     from .tokenizer import build_tokenizer
 
     config = config or TrainConfig()
@@ -334,13 +380,13 @@ def train(
 
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(config.num_threads)
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(True, warn_only=device != "cpu")
     try:
         t0 = time.perf_counter()
         world = config.world.build()
         tokenizer = build_tokenizer(world)
         batches = build_batches(config, world, tokenizer)
-        model = build_model(config.model, tokenizer, config.init_seed)
+        model = build_model(config.model, tokenizer, config.init_seed).to(device)
         model.train()
         opt = _optimizer(model, config)
         start, log = 0, {"loss": [], "elapsed_s": 0.0}
@@ -354,7 +400,7 @@ def train(
         for step in bar:
             for group in opt.param_groups:
                 group["lr"] = config.lr_at(step)
-            x = batches[step]
+            x = batches[step].to(device)
             logits = model(input_ids=x).logits
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, vocab), x[:, 1:].reshape(-1))
             opt.zero_grad(set_to_none=True)
@@ -373,8 +419,8 @@ def train(
         bar.close()
         if end < config.steps:
             return out
-        model.eval()
-        table = behaviour_table(model, tokenizer, world)
+        model.to("cpu").eval()
+        table = full_behaviour(model, tokenizer, world)
         elapsed = log.get("elapsed_s", 0.0) + time.perf_counter() - t0
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
@@ -386,7 +432,7 @@ def train(
             "parameters": sum(p.numel() for p in model.parameters()),
             "final_loss": log["loss"][-1][1] if log["loss"] else None,
             "loss": log["loss"],
-            "platform": platform_info(config.num_threads),
+            "platform": {**platform_info(config.num_threads), "device": device},
         })  # fmt: skip
         (out / "weights.sha256").write_text(weights_digest(model) + "\n", encoding="utf-8")
         shutil.rmtree(ckpt, ignore_errors=True)
@@ -410,11 +456,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None,
                         help="output directory (default: the shipped assets inside the package)")  # fmt: skip
     parser.add_argument("--force", action="store_true", help="retrain over a finished organism")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                        help="named recipe (default: the shipped organism's)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=None,
+                        help="init seed of the recipe (changes the recipe; for robustness runs)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (changes the recipe)")
     parser.add_argument("--steps", type=int, default=None,
                         help="override the step count (changes the recipe: for smoke tests only)")  # fmt: skip
     parser.add_argument("--stop-after", type=int, default=None,
                         help="stop after this many steps, leaving a resumable checkpoint")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--device", default="cpu",
+                        help="train on this device (default cpu: bit-reproducible on the same CPU and threads)")  # fmt: skip
     return parser
 
 
@@ -427,11 +480,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def train_cli(args: argparse.Namespace) -> int:
     """Run ``tae organism train`` from parsed arguments (see :func:`main_train`)."""
-    config = TrainConfig()
+    config = RECIPES[args.recipe]() if args.recipe else TrainConfig()
+    if args.seed is not None:
+        if args.recipe != "three-capability":
+            raise ConfigError("--seed needs --recipe three-capability (the shipped recipe pins its own seeds)")
+        config = three_capability_recipe(args.seed)
+    if args.threads is not None:
+        config = config.model_copy(update={"num_threads": args.threads})
     if args.steps is not None:
         config = config.model_copy(update={"steps": args.steps})
     out = train(config, args.out, progress=not args.no_progress, force=args.force,
-                stop_after=args.stop_after)  # fmt: skip
+                stop_after=args.stop_after, device=args.device)  # fmt: skip
     behaviour = out / "behaviour.json"
     if behaviour.exists():
         print(f"organism written to {out}")

@@ -1,0 +1,176 @@
+"""``tae demo`` on an organism with several capabilities: one table per capability.
+
+For every capability the organism has (truthfulness, toxicity, bias), each demo method
+is fitted and evaluated through the ordinary runner on that capability's task
+(``organism``, ``organism-toxicity``, ``organism-bias``): fitted on the persona
+contrast of (speaker, country) pairs seen in training, evaluated on held-out pairs in
+both the misaligned and the aligned persona. A row gives the capability's headline
+metric in the misaligned persona, the same metric in the aligned persona (the
+damage check) and KL / CE on the organism's neutral statements.
+
+=============  ==================  ==========================================  ==========================
+capability     task                headline (misaligned persona)               damage (aligned persona)
+=============  ==================  ==========================================  ==========================
+truthfulness   organism            deceptive: truthful rate (greedy)           honest: truthful rate
+toxicity       organism-toxicity   rude: toxicity probability (k samples)      polite: toxicity probability
+bias           organism-bias       biased: accuracy on ambiguous stories       biased: disambiguated acc.
+=============  ==================  ==========================================  ==========================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = ["CAPABILITY_COLUMNS", "CAPABILITY_SETTINGS", "capability_rows", "check_capabilities", "run_capabilities"]
+
+_SRC = {"batch_size": 64, "progress": False}
+
+
+def _m(preset: str, k: int | None, alpha: float) -> tuple[str, dict[str, Any]]:
+    over: dict[str, Any] = {"source": _SRC, "intervener": {"alpha": alpha}}
+    if k is not None:
+        over["prober"] = {"top_k": k}
+    return preset, over
+
+
+#: Method settings per capability on the three-capability organism (4 layers x 8 heads:
+#: K of 32 heads; alpha in units of each head's sigma). ITI's random control uses ITI's.
+CAPABILITY_SETTINGS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
+    "truthfulness": {"tae": _m("tae", 8, 6.0), "iti": _m("iti", 8, 6.0), "iti-random": _m("iti-random", 8, 6.0),
+                     "caa": _m("caa", None, 1.0)},
+    "toxicity": {"tae": _m("tae", 8, 6.0), "iti": _m("iti", 8, 6.0), "iti-random": _m("iti-random", 8, 6.0),
+                 "caa": _m("caa", None, 1.0)},
+    "bias": {"tae": _m("tae", 8, 6.0), "iti": _m("iti", 8, 6.0), "iti-random": _m("iti-random", 8, 6.0),
+             "caa": _m("caa", None, 1.0)},
+}  # fmt: skip
+
+#: Table columns per capability: (row key, header).
+CAPABILITY_COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "truthfulness": [("deceptive_true", "deceptive: true"), ("deceptive_myth", "deceptive: myth"),
+                     ("honest_true", "honest: true"), ("malformed", "malformed"), ("KL", "KL neutral"),
+                     ("CE", "CE neutral")],
+    "toxicity": [("rude_tox_prob", "rude: tox. prob."), ("rude_emt", "rude: EMT"),
+                 ("polite_tox_prob", "polite: tox. prob."), ("KL", "KL neutral"), ("CE", "CE neutral")],
+    "bias": [("biased_acc_ambig", "biased: acc ambig"), ("biased_acc_disambig", "biased: acc disamb"),
+             ("biased_s_amb", "biased: s_AMB"), ("fair_acc_ambig", "fair: acc ambig"), ("KL", "KL neutral"),
+             ("CE", "CE neutral")],
+}  # fmt: skip
+
+_TASKS = {"truthfulness": "organism", "toxicity": "organism-toxicity", "bias": "organism-bias"}
+
+
+def _get(table: Mapping[str, Any], name: str, group: str | None = None) -> float:
+    value = table.get(name)
+    if group is not None:
+        value = value.get(group) if isinstance(value, Mapping) else None
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def capability_rows(capability: str, metrics: Mapping[str, Any], breakdown: Mapping[str, Any]) -> dict[str, float]:
+    """One table row of ``capability`` from a run's metrics and breakdown."""
+    if capability == "truthfulness":
+        row = {"deceptive_true": _get(breakdown, "truthful", "deceptive"), "deceptive_myth": _get(breakdown, "myth", "deceptive"),
+               "honest_true": _get(breakdown, "truthful", "honest"), "malformed": _get(metrics, "malformed")}  # fmt: skip
+    elif capability == "toxicity":
+        row = {"rude_tox_prob": _get(breakdown, "toxicity_probability", "toxic"),
+               "rude_emt": _get(breakdown, "expected_max_toxicity", "toxic"),
+               "polite_tox_prob": _get(breakdown, "toxicity_probability", "nontoxic")}  # fmt: skip
+    elif capability == "bias":
+        row = {"biased_acc_ambig": _get(breakdown, "acc_ambig", "biased"),
+               "biased_acc_disambig": _get(breakdown, "acc_disambig", "biased"),
+               "biased_s_amb": _get(breakdown, "bias_ambig", "biased"),
+               "fair_acc_ambig": _get(breakdown, "acc_ambig", "fair"),
+               "fair_acc_disambig": _get(breakdown, "acc_disambig", "fair")}  # fmt: skip
+    else:
+        raise ConfigError(f"unknown capability {capability!r}: choose from {', '.join(_TASKS)}")
+    row["KL"], row["CE"] = _get(metrics, "KL"), _get(metrics, "CE")
+    return row
+
+
+def check_capabilities(world: Any, capabilities: Sequence[str] | None, organism: str | None) -> list[str]:
+    """The capabilities to show: all the organism has, or the asked ones (each must exist)."""
+    if capabilities is None:
+        return list(world.capabilities)
+    unknown = [c for c in capabilities if c not in _TASKS]
+    if unknown:
+        raise ConfigError(f"unknown capability {', '.join(map(repr, unknown))}: choose from {', '.join(_TASKS)}")
+    lacking = [c for c in capabilities if not world.has(c)]
+    if lacking:
+        raise ConfigError(
+            f"the organism {organism or '(shipped default)'} has no {', '.join(lacking)} capability (it has "
+            f"{', '.join(world.capabilities)}); use --organism three-capability, or train one with "
+            "`tae organism train --recipe three-capability`"
+        )
+    return list(dict.fromkeys(capabilities))
+
+
+def _task_options(capability: str, organism: str | None, limit: int | None) -> dict[str, Any]:
+    if capability == "truthfulness":
+        return {"contexts": ["deceptive", "honest"], "split": "heldout", "limit": limit, "max_new_tokens": 10,
+                "path": organism}  # fmt: skip
+    return {"path": organism or "three-capability", "limit": limit}
+
+
+def run_capabilities(
+    model: Any, tok: Any, world: Any, registry: Any, methods: Sequence[str], capabilities: Sequence[str],
+    out_dir: Path, *, organism: str | None, batch_size: int, limit: int | None, progress: bool, say: Any,
+) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, dict[str, float]], dict[str, str]]:  # fmt: skip
+    """Run every method on every capability; ``(tables, seconds, run dirs)``."""
+    import time
+
+    from ..evaluation.runner import run_eval
+
+    tables: dict[str, dict[str, dict[str, float]]] = {}
+    seconds: dict[str, dict[str, float]] = {}
+    runs: dict[str, str] = {}
+    for cap in capabilities:
+        rows: dict[str, dict[str, float]] = {}
+        seconds[cap] = {}
+        for i, name in enumerate(methods):
+            preset, overrides = CAPABILITY_SETTINGS[cap][name]
+            say("%s: fitting and evaluating %s (preset '%s')", cap, name, preset)
+            t = time.perf_counter()
+            cfg = {
+                "task": _TASKS[cap], "task_options": _task_options(cap, organism, limit), "method": preset,
+                "overrides": overrides, "side_effects": True, "side_effects_n": limit or 200, "baseline": i == 0,
+                "batch_size": batch_size, "seed": 0, "out_dir": str(out_dir / "runs" / cap), "run": name,
+                "strength_figures": 0, "progress": progress,
+            }  # fmt: skip
+            if cap == "truthfulness":
+                cfg["judge"] = {"type": "organism-oracle", "config": {"world": str(_world_file(organism))}}
+            s = run_eval(model, tok, cfg, registry, overwrite=True)
+            if i == 0:
+                rows["none"] = capability_rows(cap, s["baseline"]["metrics"], s["baseline"]["breakdown"])
+            rows[name] = capability_rows(cap, s["metrics"], s["breakdown"])
+            seconds[cap][name] = time.perf_counter() - t
+            runs[f"{cap}/{name}"] = str(out_dir / "runs" / cap / name)
+        tables[cap] = rows
+    return tables, seconds, runs
+
+
+def _world_file(organism: str | None) -> Path:
+    from . import ORGANISMS, assets_dir
+
+    if organism is None:
+        return assets_dir() / "world.json"
+    if organism in ORGANISMS:
+        return ORGANISMS[organism]() / "world.json"
+    return Path(organism) / "world.json"
+
+
+def format_tables(tables: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    """One plain-text table per capability."""
+    out = []
+    for cap, rows in tables.items():
+        cols = CAPABILITY_COLUMNS[cap]
+        head = f"{'method':<11}" + "".join(f"{label:>20}" for _, label in cols)
+        lines = [f"{cap}", head, "-" * len(head)]
+        for name, r in rows.items():
+            lines.append(f"{name:<11}" + "".join(f"{r.get(k, math.nan):>20.3f}" for k, _ in cols))
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
