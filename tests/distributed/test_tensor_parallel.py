@@ -33,3 +33,11 @@ def test_capture_of_a_sharded_model_has_every_head(reports):
     for rep in reports:
         assert rep["capture_shape"][0] == 2 and rep["capture_shape"][2] == 32  # 4 heads x 8, not 2 x 8
         assert rep["capture_diff"] < 1e-5
+
+
+def test_fit_under_tensor_parallelism_keeps_global_head_indices(reports):
+    for rep in reports:
+        assert rep["fit_same_heads"], rep["fit_heads"]
+        assert sorted(rep["fit_heads"]) == [[layer, unit] for layer in (0, 1) for unit in range(4)]
+        assert rep["fit_direction_diff"] < 1e-4
+        assert rep["same_generations"]  # TAE (logit lens included) edits the same way

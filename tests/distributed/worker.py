@@ -11,8 +11,9 @@ Modes:
   in ``OUT/forwards-rank<r>.json``.
 * ``bad-inputs``: ranks that report different framework versions, then more ranks than
   texts to capture; the errors are recorded.
-* ``tp``: tensor parallelism (``tp_plan="auto"``): the logits of an edited global head
-  must equal those of the same edit on the whole model (computed in the same process).
+* ``tp``: tensor parallelism (``tp_plan="auto"``): the logits of an edited global head,
+  the captured activations, a TAE fit over every head and its generations, against the
+  same on the whole model (loaded in the same process).
 
 ``TAE_TEST_DIE_AFTER=N`` makes rank 1 exit after writing N activation shards;
 ``TAE_TEST_FAKE_VERSION=V`` makes rank 1 import framework version V (refused at start).
@@ -170,8 +171,10 @@ def bad_inputs(out: Path) -> None:
 def tensor_parallel(out: Path) -> None:
     from transformers import AutoModelForCausalLM
 
+    from tae_framework import AlignmentPipeline
     from tae_framework.editing import EditSession, LayerEdit
     from tae_framework.models.generic import GenericAdapter
+    from tae_framework.testing.data import toy_contrast
 
     path = Path(os.environ["TAE_TEST_MODEL"])
     tp = AutoModelForCausalLM.from_pretrained(path, tp_plan="auto", dtype=torch.float32).eval()
@@ -196,7 +199,17 @@ def tensor_parallel(out: Path) -> None:
     tok = tiny_model("llama")[1]
     cap_tp = hf.capture_all(src, tp, tok, texts, site="heads", adapter=GenericAdapter())[0].acts
     cap_whole = hf.capture_all(src, whole, tok, texts, site="heads", adapter=GenericAdapter())[0].acts
+    fitted = {}
+    for name, model in (("tp", tp), ("whole", whole)):
+        every_head = {**OVERRIDES, "prober": {"top_k": 8}}  # heads of both ranks edited
+        pipe = AlignmentPipeline.from_preset("tae", **every_head).fit(model, tok, toy_contrast(8))
+        fitted[name] = (pipe, pipe.generate(model, tok, texts, max_new_tokens=4))
+    t_tp, t_whole = fitted["tp"][0].targets_, fitted["whole"][0].targets_
     report = {
+        "fit_same_heads": t_tp.layers.tolist() == t_whole.layers.tolist() and t_tp.units.tolist() == t_whole.units.tolist(),
+        "fit_heads": [[int(a), int(b)] for a, b in zip(t_tp.layers.tolist(), t_tp.units.tolist())],
+        "fit_direction_diff": (t_tp.directions - t_whole.directions).abs().max().item(),
+        "same_generations": fitted["tp"][1] == fitted["whole"][1],
         "rank": distributed.rank(),
         "plain_diff": (results["tp"][0] - results["whole"][0]).abs().max().item(),
         "edited_diff": (results["tp"][1] - results["whole"][1]).abs().max().item(),
