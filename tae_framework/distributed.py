@@ -308,7 +308,7 @@ def shard_folder(cache_dir: str | os.PathLike | None) -> Path:
     if any(v != views[0] for v in views):
         lost = [r for r, v in enumerate(views) if v != views[0]]
         raise DistributedError(
-            f"rank(s) {lost} do not see the shard folder {folder} of rank 0: the ranks exchange "
+            f"rank(s) {lost} do not see the shard folder of rank 0 (here: {folder}): the ranks exchange "
             "activations through files, so the folder must be on a filesystem every node mounts. "
             "Set the source's cache_dir (or TAE_SHARD_DIR) to such a folder"
         )

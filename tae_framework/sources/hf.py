@@ -325,9 +325,10 @@ class HFActivationSource(ActivationSource):
             # Data parallel: each rank computes its share of the batches into the shard
             # store; then every rank reads all shards, so the consumer sees every text.
             distributed.share(texts, "texts")
+            folder = distributed.shard_folder(cfg.cache_dir)  # checks every rank sees it
             if store is None:
                 store = _ShardStore.open(
-                    distributed.shard_folder(None),
+                    folder,
                     _cache_description(
                         model, adapter, tokenizer, texts, spans, encoded, layer_ids, site, cfg
                     ),

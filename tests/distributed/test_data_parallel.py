@@ -103,6 +103,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, inputs):
         # every rank refuses a run whose ranks import different versions, naming them
         assert "different versions" in errors["versions"] and "tae_framework 0.0.0-other" in errors["versions"]
         assert "2 processes share 1 texts" in errors["capture"] and "--nproc-per-node 1" in errors["capture"]
+        assert "do not see the shard folder of rank 0" in errors["folder"] and "every node mounts" in errors["folder"]
     assert not list(tmp_path.rglob("shard-*.safetensors"))  # refused before any work
 
 

@@ -9,8 +9,8 @@ Modes:
   greedy generation judged by a deterministic judge) and sweep a 2 x 2 K x alpha grid on
   it, into ``OUT/runs``. Every rank records how many batches it pushed through the model
   in ``OUT/forwards-rank<r>.json``.
-* ``bad-inputs``: ranks that report different framework versions, then more ranks than
-  texts to capture; the errors are recorded.
+* ``bad-inputs``: ranks that report different framework versions, more ranks than texts
+  to capture, ranks whose shard folders differ; the errors are recorded.
 * ``tp``: tensor parallelism (``tp_plan="auto"``): the logits of an edited global head,
   the captured activations, a TAE fit over every head and its generations, against the
   same on the whole model (loaded in the same process).
@@ -165,6 +165,11 @@ def bad_inputs(out: Path) -> None:
         list(hf.HFActivationSource(progress=False).capture(model, tok, ["Q: where is a? A: in 0 town ."]))
     except TAEError as exc:
         errors["capture"] = str(exc)
+    private = hf.HFActivationSource(progress=False, cache_dir=str(out / f"private-{distributed.rank()}"))
+    try:  # each rank names its own folder: as if the nodes did not share a filesystem
+        list(private.capture(model, tok, ["Q: where is a? A: in 0 town .", "Q: where is b? A: at 4 sea ."]))
+    except TAEError as exc:
+        errors["folder"] = str(exc)
     (out / f"errors-rank{distributed.rank()}.json").write_text(json.dumps(errors))
 
 
