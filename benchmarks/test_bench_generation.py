@@ -13,6 +13,10 @@ Measured ratios (minimum over repeats: the least noisy estimate) against the une
 * TAE exact (a full-vocabulary logit lens entering every edited layer, last
   position only): target <= unedited + the lens projections alone + 5 %.
 * TAE with the shared lens (one lens per step): target <= 1.15.
+* TAE with the half-precision lens (``lens_dtype="float16"``: the exact lens's
+  positions and layers, projected with a float16 copy of the unembedding): reported,
+  with each lens's own cost (time over TAE with the lens off) and every TAE variant
+  against the fixed edit; its u is asserted within 1e-3 of the exact lens's.
 * The authors' strategy (a lens at every layer and every position): reported.
 * A per-token scikit-learn estimator (predict_proba per row and head, one step):
   the fused estimator must be >= 5x faster (the whole generation with it is reported).
@@ -66,8 +70,8 @@ def _targets(adapter, model):
                        torch.zeros(shape.num_layers, shape.num_heads), shape.head_dim)
 
 
-def _estimator(targets, lens):
-    est = TokenMisalignmentEstimator(lens=lens)
+def _estimator(targets, lens, lens_dtype="model"):
+    est = TokenMisalignmentEstimator(lens=lens, lens_dtype=lens_dtype)
     g = torch.Generator().manual_seed(3)
     est.coef_ = torch.randn(targets.num_targets, targets.unit_dim, generator=g) * 0.1
     est.intercept_ = torch.zeros(targets.num_targets)
@@ -180,12 +184,14 @@ def test_generation_overheads(setup, benchmark, record_property):
     fixed = FixedIntervener(alpha=5.0).fit(targets)
     exact = AdaptiveIntervener(alpha=5.0).fit(targets, _estimator(targets, "exact"))
     shared = AdaptiveIntervener(alpha=5.0).fit(targets, _estimator(targets, "shared"))
+    half = AdaptiveIntervener(alpha=5.0).fit(targets, _estimator(targets, "exact", "float16"))
     p_only = AdaptiveIntervener(alpha=5.0, use_u=False).fit(targets, _estimator(targets, "off"))
 
     t_plain = _time(lambda: _generate(model, ids))
     t_fixed = _time(lambda: _generate(model, ids, lambda: fixed.install(model, adapter, "last")))
     t_exact = _time(lambda: _generate(model, ids, lambda: exact.install(model, adapter, "last")))
     t_shared = _time(lambda: _generate(model, ids, lambda: shared.install(model, adapter, "last")))
+    t_half = _time(lambda: _generate(model, ids, lambda: half.install(model, adapter, "last")))
     t_p = _time(lambda: _generate(model, ids, lambda: p_only.install(model, adapter, "last")))
     t_naive = _time(lambda: _generate(model, ids, lambda: NaiveLensSession(model, adapter, p_only.install(model, adapter, "last"))))
 
@@ -236,7 +242,17 @@ def test_generation_overheads(setup, benchmark, record_property):
         "lens_projection_s": t_proj,
         "lens_projection_gflop": flops / 1e9,
         "tae_shared_ratio": t_shared / t_plain,
+        "tae_half_lens_ratio": t_half / t_plain,
         "tae_p_only_ratio": t_p / t_plain,
+        # the same TAE edits against the fixed edit, and each lens's own cost: the time
+        # over TAE with the lens off (p only)
+        "tae_exact_vs_fixed": t_exact / t_fixed,
+        "tae_half_lens_vs_fixed": t_half / t_fixed,
+        "tae_shared_vs_fixed": t_shared / t_fixed,
+        "lens_overhead_exact_s": t_exact - t_p,
+        "lens_overhead_half_s": t_half - t_p,
+        "lens_overhead_shared_s": t_shared - t_p,
+        "half_over_exact_lens_overhead": (t_half - t_p) / max(t_exact - t_p, 1e-9),
         "naive_every_layer_position_ratio": t_naive / t_plain,
         "sklearn_per_token_generation_ratio": t_sklearn / t_plain,
         "estimator_step_fused_ms": 1e3 * t_fused,
@@ -257,26 +273,37 @@ def test_generation_overheads(setup, benchmark, record_property):
     assert report["estimator_speedup"] >= 5.0
 
 
-def test_shared_lens_deviation_from_exact(setup, record_property):
-    """How far the shared lens moves u and the greedy tokens from the exact lens (reported)."""
+@pytest.mark.parametrize("mode", ["shared", "half"])
+def test_lens_deviation_from_exact(setup, record_property, mode):
+    """How far the shared lens (one lens per step) and the half-precision lens move u and
+    the greedy tokens from the exact lens (reported; the half-precision lens's mean
+    |u - u_exact| is asserted below 1e-3 at every edited layer)."""
     model, adapter, ids, targets = setup
     exact = AdaptiveIntervener(alpha=5.0).fit(targets, _estimator(targets, "exact"))
-    shared = AdaptiveIntervener(alpha=5.0).fit(targets, _estimator(targets, "shared"))
+    est = _estimator(targets, "shared") if mode == "shared" else _estimator(targets, "exact", "float16")
+    shared = AdaptiveIntervener(alpha=5.0).fit(targets, est)
     ids = ids.to(DEVICE)
     with torch.inference_mode():
         with exact.install(model, adapter, "all", record=True) as a:
             model(ids)
         with shared.install(model, adapter, "all", record=True) as b:
             model(ids)
-    gaps = {}
+    gaps, worst = {}, {}
     for (layer, _, u1), (_, _, u2) in zip(a.state["signals"], b.state["signals"]):
         gaps[layer] = float((u1 - u2).abs().mean())
+        worst[layer] = float((u1 - u2).abs().max())
     first = min(gaps)
-    assert gaps[first] < 1e-6, "both modes compute the same lens at the first edited layer"
+    if mode == "shared":
+        assert gaps[first] < 1e-6, "both modes compute the same lens at the first edited layer"
+    else:
+        # the float16 logits' own rounding dominates the error (a float32-output product, as
+        # CUDA's mm(out_dtype=float32) gives, measured max 3e-4 here): mean asserted, max reported
+        assert max(gaps.values()) < 1e-3, gaps
     out_exact = _generate(model, ids, lambda: exact.install(model, adapter, "last"))[:, ids.shape[1]:]
     out_shared = _generate(model, ids, lambda: shared.install(model, adapter, "last"))[:, ids.shape[1]:]
     same = float((out_exact == out_shared).float().mean())
-    print("\nmean |u_shared - u_exact| per edited layer:", {k: round(v, 4) for k, v in gaps.items()})
-    print(f"identical generated tokens: {same:.3f}")
-    record_property("u_gap_per_layer", gaps)
-    record_property("identical_tokens", same)
+    print(f"\n[{mode} lens] mean |u - u_exact| per edited layer:", {k: f"{v:.1e}" for k, v in gaps.items()},
+          "max:", {k: f"{v:.1e}" for k, v in worst.items()})
+    print(f"[{mode} lens] identical generated tokens: {same:.3f}")
+    record_property(f"{mode}_u_gap_per_layer", gaps)
+    record_property(f"{mode}_identical_tokens", same)
