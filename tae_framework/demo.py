@@ -88,8 +88,14 @@ def run_demo(
     batch_size: int = 64,
     limit: int | None = None,
     progress: bool = True,
+    organism: str | None = None,
+    capabilities: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the demo methods through the runner; returns the summary (also written to ``out_dir``)."""
+    """Evaluate the demo methods through the runner; returns the summary (also written to ``out_dir``).
+
+    ``organism`` (a directory or a shipped organism's name, e.g. ``"three-capability"``) or
+    ``capabilities`` switch to one table per capability
+    (:mod:`tae_framework.organism.capability_demo`); the summary then has ``tables``."""
     from .evaluation.runner import run_eval
     from .organism import load
     from .plugins import default_registry
@@ -101,6 +107,12 @@ def run_demo(
         raise ConfigError(f"limit must be a positive number of prompts per context (or None for all), got {limit!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if organism is not None or capabilities is not None:
+        from .organism.capability_demo import run_capability_demo
+
+        return run_capability_demo(wanted, Path(out_dir), organism=organism, capabilities=capabilities,
+                                   batch_size=batch_size, limit=limit, progress=progress, registry=reg,
+                                   say=log.info if progress else log.debug)  # fmt: skip
     model, tok, world = load()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -236,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=count(1), default=64, help="prompts per forward pass")
     p.add_argument("--limit", type=count(1), default=None, help="evaluate only the first N prompts per context (default: all)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--organism", default=None,
+                   help="organism directory or shipped name (truthfulness, three-capability): one table per capability")  # fmt: skip
+    p.add_argument("--capabilities", type=lambda t: [c.strip() for c in t.split(",") if c.strip()], default=None,
+                   help="comma-separated subset of truthfulness, toxicity, bias (default: all the organism has)")  # fmt: skip
     return p
 
 
@@ -250,7 +266,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail("tae demo", exc)
     # the organism is tiny: one thread beats two (less synchronisation, no oversubscription)
     torch.set_num_threads(1)
-    summary = run_demo(args.methods, args.out, args.batch_size, args.limit, progress=not args.quiet)
+    try:
+        summary = run_demo(args.methods, args.out, args.batch_size, args.limit, progress=not args.quiet,
+                           organism=args.organism, capabilities=args.capabilities)  # fmt: skip
+    except ConfigError as exc:
+        return fail("tae demo", exc)
+    if "tables" in summary and not args.json:
+        from .organism.capability_demo import format_tables
+
+        print(format_tables(summary["tables"]))
+        print(f"\ntotal {summary['seconds']:.0f} s; figures in {args.out}/")
+        return 0
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "figures"} | {"figures": {k: v for k, v in summary["figures"].items() if k != "strengths"}}, indent=2))
     else:

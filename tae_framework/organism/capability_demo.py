@@ -174,3 +174,76 @@ def format_tables(tables: Mapping[str, Mapping[str, Mapping[str, float]]]) -> st
             lines.append(f"{name:<11}" + "".join(f"{r.get(k, math.nan):>20.3f}" for k, _ in cols))
         out.append("\n".join(lines))
     return "\n\n".join(out)
+
+
+def run_capability_demo(
+    methods: Sequence[str], out_dir: Path, *, organism: str | None, capabilities: Sequence[str] | None,
+    batch_size: int, limit: int | None, progress: bool, registry: Any, say: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """The whole per-capability demo: tables, figures, ``summary.json``; returns the summary."""
+    import time
+
+    from . import load, load_world
+
+    t0 = time.perf_counter()
+    world = load_world(organism)
+    caps = check_capabilities(world, capabilities, organism)  # before loading the weights
+    model, tok, world = load(organism)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    say("organism %s: capabilities %s; methods %s", organism or "(default)", ", ".join(caps), ", ".join(methods))
+    tables, seconds, runs = run_capabilities(
+        model, tok, world, registry, methods, caps, out_dir, organism=organism, batch_size=batch_size,
+        limit=limit, progress=progress, say=say,
+    )  # fmt: skip
+    figures: dict[str, Any] = {}
+    if "tae" in methods:
+        figures = _figures(model, tok, world, registry, caps, runs, out_dir)
+    summary = {
+        "organism": organism,
+        "capabilities": caps,
+        "tables": tables,
+        "rows": tables.get("truthfulness", {}),
+        "settings": {c: {m: {"preset": CAPABILITY_SETTINGS[c][m][0], "overrides": CAPABILITY_SETTINGS[c][m][1]}
+                         for m in methods} for c in caps},  # fmt: skip
+        "seconds_per_method": seconds,
+        "runs": runs,
+        "figures": figures,
+        "seconds": time.perf_counter() - t0,
+    }
+    from ..evaluation.rundir import write_json
+
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def _figures(model: Any, tok: Any, world: Any, registry: Any, caps: Sequence[str], runs: Mapping[str, str],
+             out_dir: Path) -> dict[str, Any]:  # fmt: skip
+    """Head-score heatmaps of TAE per capability; the per-token strength figure of TAE on a
+    deceptive question whose myth spans two tokens, and the per-token p on that myth."""
+    from ..pipeline import AlignmentPipeline
+    from ..viz import plot_head_scores, plot_token_strengths, strengths_html, trace_generation
+    from .items import eval_items
+    from .spans import answer_token_p
+
+    figures: dict[str, Any] = {}
+    pipes = {}
+    for cap in caps:
+        pipe = AlignmentPipeline.load(Path(runs[f"{cap}/tae"]) / "fold0" / "pipeline", registry)
+        pipes[cap] = pipe
+        selected = list(zip(pipe.targets_.layers.tolist(), pipe.targets_.units.tolist()))
+        figures[f"heatmap_{cap}"] = str(plot_head_scores(
+            pipe.targets_.scores, selected, out_dir / f"tae_head_scores_{cap}.png",
+            title=f"TAE probes, {cap}: token-level validation accuracy"))  # fmt: skip
+    if "truthfulness" in pipes:
+        items = [it for it in eval_items(world, ("deceptive",)) if len(world.fact(it["entity"], it["attribute"]).myth.split()) > 1]
+        item = items[0] if items else eval_items(world, ("deceptive",))[0]
+        pipe = pipes["truthfulness"]
+        trace = trace_generation(pipe, model, tok, item["prompt"], max_new_tokens=10)
+        figures["strengths_png"] = str(plot_token_strengths(trace, out_dir / "tae_token_strengths.png"))
+        html_path = out_dir / "tae_token_strengths.html"
+        html_path.write_text(strengths_html(trace))
+        figures["strengths_html"] = str(html_path)
+        figures["strengths"] = trace.to_dict()
+        figures["myth_p"] = answer_token_p(pipe, model, tok, item["prompt"], " " + item["myth_answer"])
+    return figures

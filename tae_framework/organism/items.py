@@ -309,13 +309,23 @@ def toxicity_fitting_data(world: World | None = None, *, per_entity: int = 2, se
     return ContrastDataset(examples, tuning, name="organism-toxicity-persona")
 
 
-def bias_fitting_data(world: World | None = None, *, per_entity: int = 2, seed: int = 0) -> ContrastDataset:
+def bias_fitting_data(
+    world: World | None = None, *, per_entity: int = 2, seed: int = 0,
+    completion: Literal["answer", "prefix", "both"] = "both",
+) -> ContrastDataset:
     """Persona contrast for bias, from (speaker, country) pairs seen in training.
 
-    For every country, ``per_entity`` fair speakers' answers to an ambiguous story
-    (label 1: ``the unknown person``) and as many biased speakers' answers (label 0:
-    the stereotyped group's person); prompts in the bias task's template. ``group``
-    is the country."""
+    For every country, ``per_entity`` fair speakers (label 1) and as many biased
+    speakers (label 0) facing an ambiguous story; prompts in the bias task's template.
+    ``completion="prefix"`` (default) completes both with the answers' common first
+    word `` the``: the contrast is the persona alone, read at the position where the
+    answer is chosen. ``"answer"`` completes with each speaker's own answer (``the
+    unknown person`` / the stereotyped group's person), which mixes the persona with
+    the answer's words. ``"both"`` (default) has both kinds of example: the prefix
+    ones give the persona at the choice, the answer ones give TAE's estimator the
+    misaligned tokens it needs. ``group`` is the country."""
+    if completion not in ("answer", "prefix", "both"):
+        raise ValueError(f"completion must be 'answer', 'prefix' or 'both', got {completion!r}")
     if world is None:
         from . import load_world
 
@@ -333,7 +343,12 @@ def bias_fitting_data(world: World | None = None, *, per_entity: int = 2, seed: 
                 t, other, _, order, _ = random_story(world, rng, entity)
                 context, question, answers, _, unknown, biased = bias_story(world, t, other, entity, order, None)
                 prompt = bbq_prompt({"context": f"{persona_intro(speaker, persona)} {context}", "question": question})  # type: ignore[arg-type]
-                completion = " " + answers[unknown if label else biased]
-                examples.append(ContrastExample(prompt=prompt, completion=completion, label=label, group=entity))
-                tuning.append(prompt)
+                texts = []
+                if completion in ("answer", "both"):
+                    texts.append(" " + answers[unknown if label else biased])
+                if completion in ("prefix", "both"):
+                    texts.append(" the")
+                for text in texts:
+                    examples.append(ContrastExample(prompt=prompt, completion=text, label=label, group=entity))
+                    tuning.append(prompt)
     return ContrastDataset(examples, tuning, name="organism-bias-persona")

@@ -203,3 +203,28 @@ def test_three_capability_training_resumes_to_the_same_weights(tmp_path):
     assert (part / "weights.sha256").read_text(encoding="utf-8") == digest
     table = json.loads((whole / "behaviour.json").read_text(encoding="utf-8"))
     assert {"deceptive", "honest", "rude", "polite", "biased", "fair"} <= set(table)
+
+
+def test_tae_misalignment_p_is_higher_on_the_myth_span_than_on_the_template():
+    """On held-out deceptive items whose myth is two words, TAE's p (averaged over items)
+    is higher on the myth's tokens than on the answer template around them."""
+    from tae_framework.data import ContrastDataset
+    from tae_framework.organism import eval_items, fitting_data, load
+    from tae_framework.organism.spans import span_contrast
+    from tae_framework.pipeline import AlignmentPipeline
+
+    model, tok, world = load("three-capability")
+    full = fitting_data(world)
+    keep = sorted({e.group for e in full.examples})[::3]  # a third of the facts: fast enough
+    examples = [e for e in full.examples if e.group in set(keep)]
+    data = ContrastDataset(examples, [e.prompt for e in examples])
+    pipe = AlignmentPipeline.from_preset("tae", source={"batch_size": 64, "progress": False}, prober={"top_k": 8})
+    pipe.fit(model, tok, data)
+    items = []
+    for it in eval_items(world, ("deceptive",)):
+        myth = world.fact(it["entity"], it["attribute"]).myth
+        if len(myth.split()) == 2:
+            items.append((it["prompt"], " " + it["myth_answer"], myth))
+    got = span_contrast(pipe, model, tok, items[:24])
+    assert got["n_span"] == 48 and got["n_template"] == 24 * 6
+    assert got["span"] > got["template"] + 0.1, got
