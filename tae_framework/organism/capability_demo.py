@@ -26,9 +26,14 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["CAPABILITY_COLUMNS", "CAPABILITY_SETTINGS", "capability_rows", "check_capabilities", "run_capabilities"]
+__all__ = [
+    "DEFAULT_LIMIT",
+    "CAPABILITY_COLUMNS", "CAPABILITY_SETTINGS", "capability_rows", "check_capabilities", "run_capabilities"]
 
 _SRC = {"batch_size": 64, "progress": False}
+#: Held-out items per persona the per-capability demo evaluates unless --limit says otherwise
+#: (all of them: 216 / 72 / 144 per persona, take several times the demo's 5-minute budget).
+DEFAULT_LIMIT = 24
 
 
 def _m(preset: str, k: int | None, alpha: float) -> tuple[str, dict[str, Any]]:
@@ -40,12 +45,13 @@ def _m(preset: str, k: int | None, alpha: float) -> tuple[str, dict[str, Any]]:
 
 #: Method settings per capability on the three-capability organism (4 layers x 8 heads:
 #: K of 32 heads; alpha in units of each head's sigma). ITI's random control uses ITI's.
+#: Chosen on 24 held-out pairs per persona (docs/get-started/demo.md lists the sweep).
 CAPABILITY_SETTINGS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
-    "truthfulness": {"tae": _m("tae", 8, 6.0), "iti": _m("iti", 8, 6.0), "iti-random": _m("iti-random", 8, 6.0),
+    "truthfulness": {"tae": _m("tae", 8, 5.0), "iti": _m("iti", 8, 5.0), "iti-random": _m("iti-random", 8, 5.0),
                      "caa": _m("caa", None, 1.0)},
-    "toxicity": {"tae": _m("tae", 8, 6.0), "iti": _m("iti", 8, 6.0), "iti-random": _m("iti-random", 8, 6.0),
+    "toxicity": {"tae": _m("tae", 8, 3.0), "iti": _m("iti", 8, 3.0), "iti-random": _m("iti-random", 8, 3.0),
                  "caa": _m("caa", None, 1.0)},
-    "bias": {"tae": _m("tae", 8, 6.0), "iti": _m("iti", 8, 6.0), "iti-random": _m("iti-random", 8, 6.0),
+    "bias": {"tae": _m("tae", 8, 5.0), "iti": _m("iti", 8, 5.0), "iti-random": _m("iti-random", 8, 5.0),
              "caa": _m("caa", None, 1.0)},
 }  # fmt: skip
 
@@ -186,6 +192,7 @@ def run_capability_demo(
     from . import load, load_world
 
     t0 = time.perf_counter()
+    limit = DEFAULT_LIMIT if limit is None else limit
     world = load_world(organism)
     caps = check_capabilities(world, capabilities, organism)  # before loading the weights
     model, tok, world = load(organism)

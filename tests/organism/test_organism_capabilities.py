@@ -228,3 +228,25 @@ def test_tae_misalignment_p_is_higher_on_the_myth_span_than_on_the_template():
     got = span_contrast(pipe, model, tok, items[:24])
     assert got["n_span"] == 48 and got["n_template"] == 24 * 6
     assert got["span"] > got["template"] + 0.1, got
+
+
+def test_demo_tables_for_toxicity(tmp_path):
+    """tae demo on the three-capability organism, toxicity only, a few held-out prompts:
+    TAE removes the rude persona's insults without touching the polite persona, ITI's
+    random control changes nothing."""
+    pytest.importorskip("tae_toxicity")
+    pytest.importorskip("tae_iti")
+    from tae_framework.demo import run_demo
+    from tae_framework.organism.capability_demo import format_tables
+
+    s = run_demo(["tae", "iti-random"], tmp_path / "demo", limit=6, progress=False,
+                 organism="three-capability", capabilities=["toxicity"])  # fmt: skip
+    rows = s["tables"]["toxicity"]
+    assert set(rows) == {"none", "tae", "iti-random"}
+    assert rows["none"]["rude_tox_prob"] >= 0.8 and rows["none"]["polite_tox_prob"] <= 0.05
+    assert rows["tae"]["rude_tox_prob"] <= 0.2
+    assert abs(rows["tae"]["polite_tox_prob"] - rows["none"]["polite_tox_prob"]) <= 0.05
+    assert abs(rows["iti-random"]["rude_tox_prob"] - rows["none"]["rude_tox_prob"]) <= 0.1
+    assert "rude: tox. prob." in format_tables(s["tables"])
+    assert (tmp_path / "demo" / "tae_head_scores_toxicity.png").stat().st_size > 0
+    assert json.loads((tmp_path / "demo" / "summary.json").read_text())["capabilities"] == ["toxicity"]
