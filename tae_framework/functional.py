@@ -23,6 +23,7 @@ Errors are :class:`~tae_framework.errors.ConfigError` (bad hyper-parameter) and
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 
@@ -255,6 +256,18 @@ def _openmp_limiter():
 _OPENMP_CONTROLLER = None
 
 
+def _single_threaded_openmp(device: torch.device):
+    """Context manager: the calling thread's OpenMP pool limited to one thread (CPU only).
+
+    MIG's elementwise passes are memory-bound and small per call; on a busy machine a
+    multi-threaded pool spins waiting for a taken core. Parallelism comes from
+    :func:`_pairwise_joint_entropies`'s worker threads instead.
+    """
+    if device.type != "cpu" or torch.get_num_threads() == 1:
+        return contextlib.nullcontext()
+    return _openmp_limiter().limit(limits=1, user_api="openmp")
+
+
 def _pairwise_joint_entropies(
     codes: Tensor, bins: int, max_elements: int, num_threads: int | None = None
 ) -> Tensor:
@@ -443,6 +456,12 @@ def mutual_information_matrix(
             "the histogram cells held in memory at once (default 2**19)"
         )
     _check_tokens(x, "mutual_information_matrix")
+    threads = torch.get_num_threads() if num_threads is None else int(num_threads)
+    with _single_threaded_openmp(x.device):
+        return _mutual_information(x, bins, int(max_elements), threads)
+
+
+def _mutual_information(x: Tensor, bins: int, max_elements: int, threads: int) -> Tensor:
     wd = _work_dtype(x.dtype)
     lead = x.shape[:-2]
     n, dim = x.shape[-2], x.shape[-1]
@@ -455,7 +474,7 @@ def mutual_information_matrix(
             "activations (e.g. fp16 overflow) and drop or recompute the offending texts"
         )
     h_tok = _marginal_entropies(codes.view(-1, dim), bins).view(groups, n)
-    h_joint = _pairwise_joint_entropies(codes, bins, int(max_elements), num_threads)
+    h_joint = _pairwise_joint_entropies(codes, bins, max_elements, threads)
     mi = h_tok.unsqueeze(-1) + h_tok.unsqueeze(-2) - h_joint  # valid for i < j
     upper = torch.triu(mi, diagonal=1)
     mi = upper + upper.transpose(-1, -2) + torch.diag_embed(h_tok)
@@ -503,9 +522,16 @@ def mig_pool(
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise ConfigError(f"steps must be an integer >= 1, got {steps!r}; the method uses 1")
     _check_tokens(x, "mig_pool")
+    if num_threads is None:
+        num_threads = torch.get_num_threads()  # the caller's setting, read before pinning
+    with _single_threaded_openmp(x.device):
+        return _mig(x, bins, int(steps), max_elements, num_threads)
+
+
+def _mig(x: Tensor, bins: int, steps: int, max_elements: int, num_threads: int) -> Tensor:
     wd = _work_dtype(x.dtype)
     feats = x.to(wd)  # what the graph is built from at each step
-    for step in range(int(steps)):
+    for step in range(steps):
         mi = mutual_information_matrix(feats, bins, max_elements=max_elements, num_threads=num_threads)
         adj = torch.softmax(mi.to(torch.float64), dim=-1)
         if step == steps - 1:

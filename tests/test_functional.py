@@ -219,6 +219,10 @@ def test_mi_worker_threads_give_identical_results(monkeypatch):
     for threads in (2, 3):
         many = F.mutual_information_matrix(x, bins=30, num_threads=threads, max_elements=400)
         torch.testing.assert_close(many, one, rtol=0, atol=0)
+    torch.testing.assert_close(
+        F.mig_pool(x, bins=30, num_threads=3, max_elements=400),
+        F.mig_pool(x, bins=30, num_threads=1, max_elements=400), rtol=0, atol=0,
+    )
     assert torch.get_num_threads() == threads_before  # the caller's pool is left as it was
     for g in range(3):
         np.testing.assert_allclose(one[g].numpy(), np_mi_matrix(x[g].numpy(), 30), rtol=0, atol=1e-5)
