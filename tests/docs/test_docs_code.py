@@ -17,11 +17,19 @@ cannot rot. The rules (also on the docs page ``contributing.md``):
 * ```` ```bash ```` / ```` ```console ```` blocks are checked line by line (``$ `` prompts
   in console blocks; other console lines are output):
 
-  - ``tae plugins ...`` is run (in-process);
-  - any other ``tae ...`` command goes through the real ``tae_framework.cli.main`` up to
-    the command module it dispatches to, whose own argparse parser
-    (``tae_framework.commands.parser_for``) must accept the arguments; the command
-    itself is never run (so GPU commands are checked here too);
+  - ``tae ...`` commands are run for real, in-process through ``tae_framework.cli.main``,
+    in the page's scratch directory (offline: ``HF_HUB_OFFLINE=1``), and must exit with
+    0 and print their result; ``tae_framework/...`` paths (the shipped organism) resolve
+    as they do in a clone of the repository. The time each takes is reported at the end
+    of the session (``-s`` or the terminal summary) and the whole file is kept within
+    about three minutes of an idle 2-core machine;
+  - except commands that cannot run on a CPU without downloads, which are only parsed
+    (through ``cli.main`` up to the command module, whose own parser,
+    ``tae_framework.commands.parser_for``, must accept the arguments): a command whose
+    ``--device`` is ``cuda``/``cuda:N``/``auto`` (it needs a GPU), ``tae organism train``
+    (minutes to hours of training), and every command of a
+    block preceded by the comment ``<!-- docs-test: parse-only (REASON) -->`` (a reason
+    is required, e.g. ``needs GPU + hub`` or ``needs the BBQ download``);
   - ``make TARGET`` must name a Makefile target;
   - ``pip install ...``: local paths must exist (in the repository or written by the
     page), requirement names must be this project, a first-party plugin or an installed
@@ -32,7 +40,8 @@ cannot rot. The rules (also on the docs page ``contributing.md``):
   - ``pytest PATH ...`` runs pytest on paths written by the page (in a subprocess);
     paths in the repository must exist;
   - ``mkdocs build|serve``, ``python -m venv DIR``, ``export VAR=value`` (applied to the
-    page's later commands) and ``VAR=value`` prefixes are accepted;
+    page's later commands, where ``$VAR`` expands as in bash) and ``VAR=value`` prefixes
+    are accepted;
   - any other command fails the test: nothing is skipped silently.
 * ```` ```text ````, ```` ```mermaid ```` (diagrams, sample output) and blocks without a
   language are not code. Any other language fails the test.
@@ -74,6 +83,7 @@ class Block:
     lang: str
     title: str | None
     code: str
+    parse_only: str | None = None  # the reason given in a `<!-- docs-test: parse-only (...) -->` comment
 
     @property
     def where(self) -> str:
@@ -104,9 +114,32 @@ def extract(path: Path) -> list[Block]:
             j += 1
         if j == len(lines):
             raise AssertionError(f"{path.relative_to(REPO)}:{i + 1}: code fence never closed")
-        blocks.append(Block(path, i + 2, lang, title_match.group(1) if title_match else None, "\n".join(body) + "\n"))
+        blocks.append(
+            Block(path, i + 2, lang, title_match.group(1) if title_match else None, "\n".join(body) + "\n",
+                  _marker(lines, i, path))
+        )  # fmt: skip
         i = j + 1
     return blocks
+
+
+MARKER = re.compile(r"^\s*<!--\s*docs-test:\s*(?P<what>[\w-]+)\s*(?:\((?P<why>[^)]*)\))?\s*-->\s*$")
+
+
+def _marker(lines: list[str], fence: int, path: Path) -> str | None:
+    """The reason of a ``<!-- docs-test: parse-only (REASON) -->`` comment on the last
+    non-blank line before the fence at ``lines[fence]``, else None."""
+    k = fence - 1
+    while k >= 0 and not lines[k].strip():
+        k -= 1
+    if k < 0 or "docs-test" not in lines[k]:
+        return None
+    m = MARKER.match(lines[k])
+    where = f"{path.relative_to(REPO)}:{k + 1}"
+    if not m or m["what"] != "parse-only":
+        raise AssertionError(f"{where}: write the marker as <!-- docs-test: parse-only (REASON) -->")
+    if not (m["why"] or "").strip():
+        raise AssertionError(f"{where}: a parse-only marker needs a reason, e.g. (needs GPU + hub)")
+    return m["why"].strip()
 
 
 ALL_BLOCKS = {page: extract(page) for page in PAGES}
@@ -120,22 +153,61 @@ def _page_id(page: Path) -> str:
 # -------------------------------------------------------------------------------------
 # tae command lines
 # -------------------------------------------------------------------------------------
-def check_tae(argv: list[str], where: str, capsys) -> None:
-    """Run ``tae argv`` through the real ``cli.main`` up to the command module it
-    dispatches to, then check that the command's own parser
-    (:func:`tae_framework.commands.parser_for`) accepts the arguments; nothing else runs
-    (``tae plugins`` excepted)."""
+#: Seconds each ``tae`` command run for real took (``page:line command`` -> seconds).
+TAE_SECONDS: dict[str, float] = {}
+GPU_DEVICE = re.compile(r"^(cuda(:\d+)?|auto)$")
+
+
+#: Commands never run by this test, whatever the page says: training the organism takes
+#: minutes to hours (its own slow test covers it).
+NEVER_RUN = (["organism", "train"],)
+
+
+def needs_gpu(argv: list[str]) -> bool:
+    if any(argv[: len(words)] == words for words in NEVER_RUN):
+        return True
+    for k, a in enumerate(argv):
+        value = argv[k + 1] if a == "--device" and k + 1 < len(argv) else a.partition("=")[2] if a.startswith("--device=") else None
+        if value is not None and GPU_DEVICE.match(value):
+            return True
+    return False
+
+
+def run_tae(argv: list[str], where: str, capsys) -> None:
+    """Run ``tae argv`` for real through ``cli.main`` in the page's scratch directory."""
+    import time
+
+    from tae_framework import cli
+
+    shown = "tae " + shlex.join(argv)
+    capsys.readouterr()
+    start = time.perf_counter()
+    try:
+        rc = cli.main(argv)
+    except SystemExit as exc:  # argparse: a bad option or value
+        rc = exc.code
+    TAE_SECONDS[f"{where} {shown[:90]}"] = time.perf_counter() - start
+    out = capsys.readouterr()
+    assert rc == 0, (
+        f"{where}: `{shown}` exited with {rc}:\n{out.err[-3000:]}\n(if it cannot run on a CPU without downloads, "
+        "put <!-- docs-test: parse-only (REASON) --> before its block)"
+    )
+    assert out.out.strip(), f"{where}: `{shown}` printed nothing"
+
+
+def check_tae(argv: list[str], where: str, capsys, parse_only: str | None = None) -> None:
+    """Run ``tae argv`` for real (:func:`run_tae`), or, for a command that needs a GPU
+    or is marked parse-only, run it through the real ``cli.main`` up to the command
+    module it dispatches to and check that the command's own parser
+    (:func:`tae_framework.commands.parser_for`) accepts the arguments."""
     from types import SimpleNamespace
 
     from tae_framework import cli, commands
 
-    shown = "tae " + shlex.join(argv)
-    if argv[:1] == ["plugins"]:
-        rc = cli.main(argv)
-        out = capsys.readouterr()
-        assert rc == 0, f"{where}: `{shown}` exited with {rc}: {out.err}"
-        assert out.out.strip(), f"{where}: `{shown}` printed nothing"
+    if parse_only is None and not needs_gpu(argv):
+        run_tae(argv, where, capsys)
         return
+    shown = "tae " + shlex.join(argv)
     calls: list[tuple[str, list[str]]] = []
     real_load = commands.load
 
@@ -229,18 +301,20 @@ class Shell:
         return out
 
     def run_block(self, block: Block, errors: list[str]) -> None:
-        """Check every command; problems are collected (commands do not depend on each
-        other the way Python blocks do), so one test run reports all of a page's."""
+        """Check every command; problems are collected, so one test run reports all of a
+        page's (a command that depends on a failed one fails too, and says so)."""
         cmds = self.commands(block)
         assert cmds, f"{block.where}: a {block.lang} block without commands: use ```text for output"
         for line, cmd in cmds:
             for part in re.split(r"\s*&&\s*", cmd):
                 try:
-                    self.run(part, f"{_page_id(block.page)}:{line}")
+                    self.run(part, f"{_page_id(block.page)}:{line}", block.parse_only)
                 except AssertionError as exc:
                     errors.append(str(exc))
 
-    def run(self, cmd: str, where: str) -> None:
+    def run(self, cmd: str, where: str, parse_only: str | None = None) -> None:
+        # $VAR / ${VAR} of an earlier `export` expand (and split into words) as in bash
+        cmd = re.sub(r"\$(?:\{(\w+)\}|(\w+))", lambda m: self.env.get(m[1] or m[2], m[0]), cmd)
         argv = shlex.split(cmd, comments=True)
         env = dict(self.env)
         while argv and re.match(r"^[A-Z_][A-Z0-9_]*=", argv[0]):
@@ -257,7 +331,7 @@ class Shell:
             for key, value in env.items():
                 mp.setenv(key, value)
             if prog == "tae":
-                check_tae(args, where, self.capsys)
+                check_tae(args, where, self.capsys, parse_only)
             elif prog == "make":
                 targets = [a for a in args if not a.startswith("-") and "=" not in a]
                 assert targets, f"{where}: `make` without a target"
@@ -377,8 +451,14 @@ def scratch(tmp_path, monkeypatch):
     work.mkdir()
     if SHARED.is_dir():
         (tmp_path / "shared").symlink_to(SHARED, target_is_directory=True)
+    # `tae ... --model tae_framework/organism/assets` works from a clone's root: so here
+    (work / "tae_framework").symlink_to(REPO / "tae_framework", target_is_directory=True)
     monkeypatch.chdir(work)
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a command reaching for the hub fails at once
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("TAE_PROGRESS", "0")
     modules_before = set(sys.modules)
     yield work
     from tae_framework import plugins
@@ -440,3 +520,59 @@ def test_readme_links_point_to_existing_files():
     assert local, "the README links to no docs page"
     missing = [t for t in local if not (REPO / t).exists()]
     assert not missing, f"README.md links to missing files: {missing}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_tae_seconds(request):
+    yield
+    reporter = request.config.pluginmanager.getplugin("terminalreporter")
+    if TAE_SECONDS and reporter is not None:
+        total = sum(TAE_SECONDS.values())
+        slowest = sorted(TAE_SECONDS.items(), key=lambda kv: -kv[1])[:5]
+        reporter.write_line(f"\ndocs: {len(TAE_SECONDS)} tae commands run for real in {total:.1f} s; slowest:")
+        for what, sec in slowest:
+            reporter.write_line(f"  {sec:6.1f} s  {what}")
+
+
+def _documented_commands() -> list[tuple[str, list[str]]]:
+    """Every documented ``tae`` command line (page:line, argv without ``tae``)."""
+    out = []
+    for blocks in ALL_BLOCKS.values():
+        for block in blocks:
+            if block.lang not in SHELL:
+                continue
+            for line, cmd in Shell(REPO, None, None).commands(block):
+                for part in re.split(r"\s*&&\s*", cmd):
+                    argv = shlex.split(part, comments=True)
+                    while argv and re.match(r"^[A-Z_][A-Z0-9_]*=", argv[0]):
+                        argv.pop(0)
+                    if argv[:1] == ["tae"]:
+                        out.append((f"{_page_id(block.page)}:{line}", argv[1:]))
+    return out
+
+
+def _option(argv: list[str], *names: str, default: str | None = None) -> str | None:
+    for k, a in enumerate(argv):
+        if a in names and k + 1 < len(argv):
+            return argv[k + 1]
+    return default
+
+
+def test_no_two_pages_write_the_same_run_or_pipeline_folder():
+    # A reader who follows two pages in one folder must not hit "refused: the run exists
+    # with other settings": a results folder or saved pipeline belongs to one command.
+    owners: dict[str, dict[str, str]] = {}
+    for where, argv in _documented_commands():
+        if argv[:1] in (["eval"], ["sweep"]):
+            method = _option(argv, "--preset", "--pipeline", "--config", default="tae")
+            task = _option(argv, "--task", default="truthfulqa")
+            run = _option(argv, "--run", "--run-name", default=f"{Path(method).name}-{task}")
+            folder = f"{_option(argv, '--out', default='results')}/{run}"
+        elif argv[:1] == ["fit"]:
+            folder = _option(argv, "--out")
+        else:
+            continue
+        same = " ".join(a for a in argv if a != "--overwrite")
+        owners.setdefault(folder, {}).setdefault(same, where)
+    clashes = {f: sorted(cmds.values()) for f, cmds in owners.items() if len(cmds) > 1}
+    assert not clashes, f"documented commands that write the same folder with different settings: {clashes}"
