@@ -158,11 +158,13 @@ class Checkpoint:
 
 
 def model_identity(model: Any, registry: Registry) -> dict[str, Any]:
-    from ..models.base import weights_digest
+    # Every weight byte, not a sample: a run resumed after an in-place ablation (one
+    # head's o_proj columns zeroed, say) must not reuse the unablated model's results.
+    from ..sources.hf import full_weights_digest
 
     adapter = registry.adapter_for(model)
     ident = dict(adapter.fingerprint(model))
-    ident["weights_digest"] = weights_digest(model)
+    ident["weights_digest"] = full_weights_digest(model)
     return ident
 
 

@@ -293,6 +293,22 @@ def test_changed_settings_do_not_resume_into_the_same_run(e2e, reg, model_tok):
         run_eval(other, tok, e2e_config(e2e["out"]), reg)
 
 
+def test_a_run_sees_an_in_place_edit_of_any_weight(reg):
+    # A run directory identifies its model by every weight byte: edit one value in place,
+    # at a position a strided sample of the weights would skip (index 1 of a parameter
+    # with more than two 4096-value strides), and the identity must change, so a resumed
+    # run refuses instead of serving the previous model's results.
+    from tae_framework.evaluation.rundir import model_identity
+
+    model, _ = tiny_model("llama", vocab_size=20000)
+    before = model_identity(model, reg)
+    largest = max(model.parameters(), key=lambda p: p.numel())
+    assert largest.numel() > 2 * 4096
+    with torch.no_grad():
+        largest.view(-1)[1] += 1.0
+    assert model_identity(model, reg)["weights_digest"] != before["weights_digest"]
+
+
 def test_interrupted_generation_resumes(tmp_path, reg, model_tok):
     model, tok = model_tok
     cfg = {
