@@ -411,6 +411,9 @@ class Shell:
             self.monkeypatch.syspath_prepend(str(folder))
             self.installed.append(folder)
         importlib.invalidate_caches()
+        from tae_framework import plugins
+
+        plugins._DEFAULT.clear()  # the page's later `tae` commands see the installed plugin
 
     def pytest(self, args: list[str], where: str) -> None:
         paths = [a for a in args if not a.startswith("-")]
