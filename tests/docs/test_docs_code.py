@@ -20,9 +20,9 @@ cannot rot. The rules (also on the docs page ``contributing.md``):
   - ``tae ...`` commands are run for real, in-process through ``tae_framework.cli.main``,
     in the page's scratch directory (offline: ``HF_HUB_OFFLINE=1``), and must exit with
     0 and print their result; ``tae_framework/...`` paths (the shipped organism) resolve
-    as they do in a clone of the repository. The time each takes is reported at the end
-    of the session (``-s`` or the terminal summary) and the whole file is kept within
-    about three minutes of an idle 2-core machine;
+    as they do in a clone of the repository. With ``-s`` the time they took is printed
+    at the end of the module; keep the whole file within about three minutes of a
+    2-core machine;
   - except commands that cannot run on a CPU without downloads, which are only parsed
     (through ``cli.main`` up to the command module, whose own parser,
     ``tae_framework.commands.parser_for``, must accept the arguments): a command whose
