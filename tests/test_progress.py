@@ -23,6 +23,10 @@ def _restore_logger(monkeypatch):
     monkeypatch.delenv("TAE_PROGRESS", raising=False)
     monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
     level, handlers = _log.logger.level, list(_log.logger.handlers)
+    # Start from the library's own defaults: a command run in-process earlier in the
+    # session (its main() called directly) may have set a verbosity.
+    _log.logger.setLevel(logging.NOTSET)
+    _log.logger.handlers[:] = [h for h in handlers if isinstance(h, logging.NullHandler)]
     yield
     _log.logger.setLevel(level)
     _log.logger.handlers[:] = handlers
