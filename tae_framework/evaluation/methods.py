@@ -135,6 +135,16 @@ def resolve_method(
                 apply_overrides(PipelineConfig.parse(raw).model_dump(), overrides)
             )
             out = Method(path.stem, "config", config=cfg)
+        elif path.is_file():
+            hint = (
+                f"the saved pipeline directory holding it ({path.parent})"
+                if (path.parent / CONFIG_FILE).is_file()
+                else "a saved pipeline directory or a pipeline config .json file"
+            )
+            raise ConfigError(
+                f"method {text!r} is a file but neither a saved pipeline directory nor a pipeline "
+                f"config JSON file: pass {hint}"
+            )
         elif path.suffix.lower() == ".json" or text.startswith((".", "/", "~")):
             raise ConfigError(
                 f"method {text!r} does not exist: pass a preset name, a saved pipeline directory or "
