@@ -1,0 +1,626 @@
+"""Greedy decode cost of the edits on a GPU, eager and captured in a CUDA graph.
+
+Run on a CUDA machine (bf16)::
+
+    python benchmarks/gpu_decode.py --out DIR [--quick]
+
+and, to check the logic on a CPU with tiny models (what the test runs)::
+
+    python benchmarks/gpu_decode.py --device cpu --tiny --out DIR
+
+Two random Llama-shaped models: ``big`` (Llama-3-8B's layer and vocabulary sizes, 8
+layers, so the 128256 x 4096 unembedding that the logit lens reads is as large as in the
+real model) and ``small`` (the model of ``test_bench_generation.py``: hidden 512, 8
+layers, vocabulary 4096, launch-bound on a GPU). 16 heads over 4 layers are edited; the
+estimator's probes are random (a fitted state of the right shapes: cost and lens
+faithfulness do not depend on what the probes learned).
+
+Sections (each timed, each failure recorded in the JSON instead of stopping the run):
+
+* ``eager``: per-token greedy decode time (KV cache, one new token per forward) at
+  batch 1 and 8 for no edit, the fixed head-wise edit (ITI's rule), TAE with the lens off
+  (p only), the exact lens, the float16 lens copy (``lens_dtype="float16"``), a
+  float8 lens copy (a prototype defined here, not a framework option) and the shared
+  lens; ratios against no edit and against the fixed edit, each lens's own overhead (time
+  over TAE with the lens off) and whether it is at most half the exact lens's.
+* ``deviation``: max and mean |u - u_exact| per edited layer (every position of the
+  prompts and the exact lens's generated tokens, one teacher-forced forward) and the
+  fraction of greedy tokens identical to the exact lens's.
+* ``graph``: the decode step captured in a ``torch.cuda.CUDAGraph`` over a transformers
+  ``StaticCache`` with the edits active, replayed per token: tokens compared with the
+  same static-cache decode run eagerly, and the speed-up. On a CPU the same code runs
+  without capture (logic check only).
+
+Writes ``gpu_decode.json`` and ``gpu_decode.txt`` (the table, also printed) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+import traceback
+import types
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # runnable without installing the package
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from tae_framework.estimators.mai import TokenMisalignmentEstimator  # noqa: E402
+from tae_framework.interveners.adaptive import AdaptiveIntervener  # noqa: E402
+from tae_framework.interveners.fixed import FixedIntervener  # noqa: E402
+from tae_framework.models.families import BUILTIN_ADAPTERS  # noqa: E402
+from tae_framework.types import EditTargets  # noqa: E402
+
+VARIANTS = ("none", "fixed", "tae_p_only", "tae_exact", "tae_f16", "tae_fp8", "tae_shared")
+LENS_VARIANTS = ("tae_f16", "tae_fp8", "tae_shared")
+GRAPH_VARIANTS = ("none", "fixed", "tae_exact", "tae_f16", "tae_shared")
+
+MODELS = {
+    # Llama-3-8B's widths and vocabulary, 8 of its 32 layers
+    "big": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=8,
+                num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0),
+    # the CPU generation benchmark's model (benchmarks/test_bench_generation.py)
+    "small": dict(vocab_size=4096, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
+                  num_attention_heads=8, num_key_value_heads=8),
+}
+TINY = {
+    "big": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                num_attention_heads=4, num_key_value_heads=2),
+    "small": dict(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=4),
+}
+
+
+# -- timing ------------------------------------------------------------------------------
+class Timer:
+    """Elapsed seconds of a region: CUDA events on a GPU, the host clock on a CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def start(self):
+        if self.cuda:
+            self.e0, self.e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.e0.record()
+        else:
+            self.t0 = time.perf_counter()
+
+    def stop(self) -> float:
+        if self.cuda:
+            self.e1.record()
+            self.e1.synchronize()
+            return self.e0.elapsed_time(self.e1) / 1e3
+        return time.perf_counter() - self.t0
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _stats(xs: list[float]) -> dict:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+# -- model, targets, estimators -------------------------------------------------------------
+def build_model(name: str, tiny: bool, device: torch.device, dtype: torch.dtype, max_pos: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(**(TINY if tiny else MODELS)[name], max_position_embeddings=max_pos,
+                      attn_implementation="sdpa")
+    with torch.device(device):  # initialised where it runs: the 8B-wide model in seconds
+        model = LlamaForCausalLM._from_config(cfg, dtype=dtype)
+    model = model.to(device=device, dtype=dtype).eval()
+    adapter = next(c() for c in sorted(BUILTIN_ADAPTERS, key=lambda c: -c.priority) if c.matches(model))
+    return model, adapter
+
+
+def build_targets(adapter, model) -> EditTargets:
+    shape = adapter.shape(model)
+    n_l, n_h = shape.num_layers, shape.num_heads
+    layer_ids = sorted({n_l // 8, 3 * n_l // 8, 5 * n_l // 8, 6 * n_l // 8})
+    head_ids = sorted({0, n_h // 4, n_h // 2, 3 * n_h // 4})
+    layers = torch.tensor([layer for layer in layer_ids for _ in head_ids])
+    units = torch.tensor(head_ids * len(layer_ids))
+    g = torch.Generator().manual_seed(2)
+    d = torch.randn(len(units), shape.head_dim, generator=g)
+    return EditTargets("heads", layers, units, d / d.norm(dim=1, keepdim=True), torch.full((len(units),), 0.5),
+                       torch.zeros(n_l, n_h), shape.head_dim)
+
+
+class Fp8Lens:
+    """Prototype (not a framework option): the lens's unembedding in float8 e4m3 with one
+    scale per vocabulary row, a quarter of a float32 copy's bytes and half of bf16's.
+
+    On CUDA the residual is quantised per row too and the product runs in
+    ``torch._scaled_mm`` (row-wise scales, float32 or bf16 logits, whichever this torch
+    accepts); elsewhere it is emulated by dequantising (same rounding, no speed)."""
+
+    def __init__(self, unembed: torch.nn.Module):
+        w = unembed.weight.detach()
+        scale = w.float().abs().amax(1, keepdim=True).clamp(min=1e-12) / 448.0
+        self.w8 = (w.float() / scale).to(torch.float8_e4m3fn)  # [V, H]
+        self.scale_w = scale.t().contiguous()  # [1, V]
+        self.mode = None  # chosen on the first call
+
+    def _scaled(self, h8, scale_h, out_dtype):
+        return torch._scaled_mm(h8, self.w8.t(), scale_a=scale_h, scale_b=self.scale_w, out_dtype=out_dtype)
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        lead = h.shape[:-1]
+        h2 = h.reshape(-1, h.shape[-1]).to(self.w8.device).float()
+        scale_h = h2.abs().amax(1, keepdim=True).clamp(min=1e-12) / 448.0
+        h8 = (h2 / scale_h).to(torch.float8_e4m3fn)
+        if self.mode is None:
+            self.mode = "emulated"
+            if h8.device.type == "cuda":
+                for out_dtype in (torch.float32, torch.bfloat16):
+                    try:
+                        self._scaled(h8, scale_h, out_dtype)
+                        self.mode = out_dtype
+                        break
+                    except RuntimeError:
+                        continue
+        if self.mode == "emulated":
+            out = (h8.float() * scale_h) @ (self.w8.float() * self.scale_w.t()).t()
+        else:
+            out = self._scaled(h8, scale_h, self.mode)
+        return out.reshape(*lead, -1)
+
+
+def build_estimator(targets: EditTargets, lens: str, lens_dtype: str = "model") -> TokenMisalignmentEstimator:
+    fp8 = lens_dtype == "fp8"
+    est = TokenMisalignmentEstimator(lens=lens, lens_dtype="model" if fp8 else lens_dtype)
+    g = torch.Generator().manual_seed(3)
+    est.coef_ = torch.randn(targets.num_targets, targets.unit_dim, generator=g) * 0.1
+    est.intercept_ = torch.zeros(targets.num_targets)
+    est.num_tokens_ = 0
+    est.misaligned_rate_ = 0.0
+    if fp8:
+        plain_bind = est.bind
+
+        def bind(self, model, adapter, t):
+            runtime = plain_bind(model, adapter, t)
+            runtime._lens = Fp8Lens(runtime.unembed)
+            return runtime
+
+        est.bind = types.MethodType(bind, est)
+    return est
+
+
+def build_interveners(targets: EditTargets) -> dict:
+    alpha = 5.0
+    return {
+        "none": None,
+        "fixed": FixedIntervener(alpha=alpha).fit(targets),
+        "tae_p_only": AdaptiveIntervener(alpha=alpha, use_u=False).fit(targets, build_estimator(targets, "off")),
+        "tae_exact": AdaptiveIntervener(alpha=alpha).fit(targets, build_estimator(targets, "exact")),
+        "tae_f16": AdaptiveIntervener(alpha=alpha).fit(targets, build_estimator(targets, "exact", "float16")),
+        "tae_fp8": AdaptiveIntervener(alpha=alpha).fit(targets, build_estimator(targets, "exact", "fp8")),
+        "tae_shared": AdaptiveIntervener(alpha=alpha).fit(targets, build_estimator(targets, "shared")),
+    }
+
+
+class _NoEdit:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+def session(interveners, variant, model, adapter, scope="last", record=False):
+    inter = interveners[variant]
+    return _NoEdit() if inter is None else inter.install(model, adapter, scope, record=record)
+
+
+# -- decoding ---------------------------------------------------------------------------------
+def _dynamic_cache(model):
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:
+        return DynamicCache()
+
+
+def _static_cache(model, max_len):
+    from transformers import StaticCache
+
+    return StaticCache(config=model.config, max_cache_len=max_len)
+
+
+def _cache_kwarg(model) -> str:
+    """transformers renamed ``past_key_values`` to ``cache`` (5.2x); use what this one takes."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _forward(model, ids, cache, positions):
+    b = ids.shape[0]
+    kw = model.__dict__.get("_bench_cache_kw") or model.__dict__.setdefault("_bench_cache_kw", _cache_kwarg(model))
+    out = model(input_ids=ids, cache_position=positions, position_ids=positions[None].expand(b, -1),
+                use_cache=True, logits_to_keep=1, **{kw: cache})
+    return out.logits[:, -1].argmax(-1)
+
+
+def greedy_eager(model, prompt, new_tokens, timer, static=False):
+    """Greedy decode with the KV cache; returns (new tokens [B, N], decode seconds for
+    the N - 1 one-token forwards after the prefill)."""
+    p = prompt.shape[1]
+    cache = _static_cache(model, p + new_tokens) if static else _dynamic_cache(model)
+    pos = torch.arange(p + new_tokens, device=prompt.device)
+    tok = _forward(model, prompt, cache, pos[:p])
+    out = [tok]
+    timer.start()
+    for i in range(new_tokens - 1):
+        tok = _forward(model, tok[:, None], cache, pos[p + i : p + i + 1])
+        out.append(tok)
+    seconds = timer.stop()
+    return torch.stack(out, 1), seconds
+
+
+class GraphDecoder:
+    """One decode step (one token per row, static KV cache) captured in a CUDA graph
+    with whatever edit session is active during :meth:`capture`; replayed per token.
+
+    The captured edit stays in the graph after the session exits: the graph, not the
+    hooks, is what runs. On a CPU ``capture`` only records the step function (no graph)."""
+
+    def __init__(self, model, batch, prompt_len, new_tokens, device):
+        self.model, self.p, self.n = model, prompt_len, new_tokens
+        self.cache = _static_cache(model, prompt_len + new_tokens)
+        self.ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.all_pos = torch.arange(prompt_len + new_tokens, device=device)
+        self.graph = None
+        self.cuda = device.type == "cuda"
+
+    def _step(self):
+        return _forward(self.model, self.ids, self.cache, self.pos)
+
+    def _prefill(self, prompt):
+        self.cache.reset()
+        return _forward(self.model, prompt, self.cache, self.all_pos[: self.p])
+
+    def capture(self, prompt, graph=True):
+        self._prefill(prompt)  # allocates the cache tensors and each tap's device copies
+        self.pos.fill_(self.p)
+        if not (graph and self.cuda):
+            return
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self._step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = self._step()
+        torch.cuda.synchronize()
+
+    def generate(self, prompt, timer):
+        tok = self._prefill(prompt)
+        out = [tok]
+        timer.start()
+        for i in range(self.n - 1):
+            self.ids.copy_(tok[:, None])
+            self.pos.fill_(self.p + i)
+            if self.graph is not None:
+                self.graph.replay()
+                tok = self.out.clone()
+            else:
+                tok = self._step()
+            out.append(tok)
+        seconds = timer.stop()
+        return torch.stack(out, 1), seconds
+
+
+# -- sections ----------------------------------------------------------------------------------
+def section_eager(model, adapter, interveners, prompts, args, timer):
+    """Interleaved repeats of every variant at every batch size."""
+    res = {}
+    for b, prompt in prompts.items():
+        times = {v: [] for v in VARIANTS}
+        tokens = {}
+        for rep in range(args.repeats + 1):  # the first round is the warm-up
+            for v in VARIANTS:
+                with torch.inference_mode(), session(interveners, v, model, adapter):
+                    toks, sec = greedy_eager(model, prompt, args.new_tokens, timer)
+                if rep:
+                    times[v].append(sec / (args.new_tokens - 1))
+                tokens[v] = toks
+        per = {v: _stats([1e3 * t for t in ts]) for v, ts in times.items()}
+        med = {v: per[v]["median"] for v in VARIANTS}
+        row = {"ms_per_token": per}
+        row["vs_none"] = {v: med[v] / med["none"] for v in VARIANTS}
+        row["vs_fixed"] = {v: med[v] / med["fixed"] for v in VARIANTS}
+        # each lens's own cost: the time over TAE with the lens off
+        lens_cost = {v: med[v] - med["tae_p_only"] for v in ("tae_exact", *LENS_VARIANTS)}
+        row["lens_overhead_ms"] = lens_cost
+        row["lens_overhead_vs_exact"] = {
+            v: lens_cost[v] / lens_cost["tae_exact"] if lens_cost["tae_exact"] > 0 else None for v in LENS_VARIANTS
+        }
+        row["at_most_half_exact_overhead"] = {
+            v: (r is not None and r <= 0.5) for v, r in row["lens_overhead_vs_exact"].items()
+        }
+        row["tokens_identical_to_exact"] = {
+            v: float((tokens[v] == tokens["tae_exact"]).float().mean()) for v in LENS_VARIANTS
+        }
+        res[f"batch{b}"] = row
+        res.setdefault("_tokens", {})[b] = tokens
+    return res
+
+
+def section_deviation(model, adapter, interveners, prompts, exact_tokens, args):
+    """u of each cheap lens against the exact one on every position of the prompts and the
+    exact lens's generated tokens (one teacher-forced forward, every position edited)."""
+    b = max(prompts)
+    ids = torch.cat([prompts[b], exact_tokens[b]], 1)
+    rec = {}
+    for v in ("tae_exact", *LENS_VARIANTS):
+        with torch.inference_mode(), session(interveners, v, model, adapter, "all", record=True) as s:
+            model(input_ids=ids, use_cache=False, logits_to_keep=1)
+        rec[v] = {layer: u.float() for layer, _, u in s.state["signals"]}
+    out = {}
+    for v in LENS_VARIANTS:
+        gaps = {layer: (rec[v][layer] - rec["tae_exact"][layer]).abs() for layer in rec["tae_exact"]}
+        out[v] = {
+            "max_abs_u_gap": max(float(g.max()) for g in gaps.values()),
+            "mean_abs_u_gap": max(float(g.mean()) for g in gaps.values()),
+            "max_abs_u_gap_per_layer": {str(k): float(g.max()) for k, g in gaps.items()},
+            "u_within_1e-3": all(float(g.max()) <= 1e-3 for g in gaps.values()),
+        }
+    out["exact_u_mean_per_layer"] = {str(k): float(u.mean()) for k, u in rec["tae_exact"].items()}
+    out["positions"] = int(ids.numel())
+    return out
+
+
+def section_graph(model, adapter, interveners, prompts, args, timer, device):
+    res = {}
+    for b, prompt in prompts.items():
+        row = {}
+        for v in GRAPH_VARIANTS:
+            entry = {}
+            try:
+                eager_t, graph_t = [], []
+                # a replay runs the edit captured with the graph (the taps do not run): the
+                # session stays open only so that the eager runs and the CPU path edit too
+                with torch.inference_mode(), session(interveners, v, model, adapter):
+                    ref, _ = greedy_eager(model, prompt, args.new_tokens, timer, static=True)
+                    dyn, _ = greedy_eager(model, prompt, args.new_tokens, timer, static=False)
+                    dec = GraphDecoder(model, b, prompt.shape[1], args.new_tokens, device)
+                    dec.capture(prompt)
+                    got, _ = dec.generate(prompt, timer)
+                    for _ in range(args.repeats):
+                        _, sec = greedy_eager(model, prompt, args.new_tokens, timer, static=True)
+                        eager_t.append(1e3 * sec / (args.new_tokens - 1))
+                        _, sec = dec.generate(prompt, timer)
+                        graph_t.append(1e3 * sec / (args.new_tokens - 1))
+                entry = {
+                    "captured": dec.graph is not None,
+                    "tokens_identical_to_eager_static": bool(torch.equal(got, ref)),
+                    "eager_static_vs_dynamic_identical": float((ref == dyn).float().mean()),
+                    "eager_static_ms_per_token": _stats(eager_t),
+                    "graph_ms_per_token": _stats(graph_t),
+                    "speedup": statistics.median(eager_t) / statistics.median(graph_t),
+                }
+                del dec
+            except Exception as e:  # recorded: the point is to learn what breaks capture
+                entry = {"error": f"{type(e).__name__}: {e}"[:2000], "trace": traceback.format_exc()[-3000:]}
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+            row[v] = entry
+        ok = {v: e for v, e in row.items() if "graph_ms_per_token" in e}
+        if "none" in ok:
+            row["graph_vs_none"] = {v: e["graph_ms_per_token"]["median"] / ok["none"]["graph_ms_per_token"]["median"]
+                                    for v, e in ok.items()}
+        res[f"batch{b}"] = row
+    return res
+
+
+def section_breaks(model, adapter, interveners, prompts, args, device):
+    """Graph breaks of one decode step with each edit active (``torch._dynamo.explain``):
+    a break is where a compiled or captured step would fall back to Python."""
+    res = {}
+    b = min(prompts)
+    for v in GRAPH_VARIANTS:
+        t0 = time.perf_counter()
+        with torch.inference_mode(), session(interveners, v, model, adapter):
+            dec = GraphDecoder(model, b, prompts[b].shape[1], args.new_tokens, device)
+            dec.capture(prompts[b], graph=False)  # warm: the taps' device copies exist before tracing
+            torch._dynamo.reset()
+            ex = torch._dynamo.explain(dec._step)()
+        res[v] = {"graphs": ex.graph_count, "breaks": ex.graph_break_count,
+                  "reasons": [str(r.reason)[:300] for r in ex.break_reasons],
+                  "seconds": time.perf_counter() - t0}
+    return res
+
+
+# -- driver --------------------------------------------------------------------------------------
+def run_model(name, args, device, dtype, timer, log):
+    results = {}
+    t0 = time.perf_counter()
+    model, adapter = build_model(name, args.tiny, device, dtype, args.prompt_len + args.new_tokens + 8)
+    targets = build_targets(adapter, model)
+    interveners = build_interveners(targets)
+    shape = adapter.shape(model)
+    g = torch.Generator().manual_seed(1)
+    prompts = {b: torch.randint(5, shape.vocab_size, (b, args.prompt_len), generator=g).to(device)
+               for b in args.batches}
+    results["shape"] = {"layers": shape.num_layers, "hidden": shape.hidden_size, "vocab": shape.vocab_size,
+                        "heads": shape.num_heads, "edited_layers": targets.edited_layers(),
+                        "edited_heads": targets.num_targets,
+                        "params": sum(p.numel() for p in model.parameters())}
+    results["build_s"] = time.perf_counter() - t0
+    log(f"[{name}] built in {results['build_s']:.1f}s: {results['shape']}")
+    for sec in args.sections:
+        t0 = time.perf_counter()
+        try:
+            if sec == "eager":
+                out = section_eager(model, adapter, interveners, prompts, args, timer)
+                exact_tokens = {b: t["tae_exact"] for b, t in out.pop("_tokens").items()}
+            elif sec == "deviation":
+                if "exact_tokens" not in locals():
+                    with torch.inference_mode(), session(interveners, "tae_exact", model, adapter):
+                        exact_tokens = {b: greedy_eager(model, p, args.new_tokens, timer)[0]
+                                        for b, p in prompts.items()}
+                out = section_deviation(model, adapter, interveners, prompts, exact_tokens, args)
+                out["fp8_lens_mode"] = _fp8_mode(model, adapter, device)
+            elif sec == "graph":
+                out = section_graph(model, adapter, interveners, prompts, args, timer, device)
+            else:
+                out = section_breaks(model, adapter, interveners, prompts, args, device)
+        except Exception as e:
+            out = {"error": f"{type(e).__name__}: {e}"[:2000], "trace": traceback.format_exc()[-3000:]}
+        _sync(device)
+        out["seconds"] = time.perf_counter() - t0
+        results[sec] = out
+        log(f"[{name}] {sec} done in {out['seconds']:.1f}s" + (f" ERROR {out['error']}" if "error" in out else ""))
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return results
+
+
+def _fp8_mode(model, adapter, device):
+    """Which product the float8 lens prototype uses on this device."""
+    lens = Fp8Lens(adapter.unembedding(model))
+    with torch.inference_mode():
+        lens(torch.randn(2, lens.w8.shape[1], device=device, dtype=model.dtype))
+    return str(lens.mode)
+
+
+def fmt_table(results: dict) -> str:
+    lines = []
+    for name, r in results["models"].items():
+        lines.append(f"== {name}: {r.get('shape')}")
+        eager = r.get("eager", {})
+        if "error" in eager:
+            lines.append(f"  eager: ERROR {eager['error']}")
+        for bkey, row in eager.items():
+            if not bkey.startswith("batch"):
+                continue
+            lines.append(f"  eager decode, {bkey}: ms/token median [min-max], vs none, vs fixed")
+            for v in VARIANTS:
+                s = row["ms_per_token"][v]
+                lines.append(f"    {v:<11} {s['median']:8.3f} [{s['min']:.3f}-{s['max']:.3f}]"
+                             f"  x{row['vs_none'][v]:.3f}  x{row['vs_fixed'][v]:.3f}")
+            oh = row["lens_overhead_ms"]
+            lines.append("    lens overhead ms (over p only): " + ", ".join(f"{k} {v:.3f}" for k, v in oh.items()))
+            lines.append("    overhead / exact's: " + ", ".join(
+                f"{k} {'n/a' if v is None else f'{v:.2f}'}" for k, v in row["lens_overhead_vs_exact"].items())
+                + "  (target <= 0.5)")
+            lines.append("    tokens identical to exact: " + ", ".join(
+                f"{k} {v:.3f}" for k, v in row["tokens_identical_to_exact"].items()))
+        dev = r.get("deviation", {})
+        if "error" in dev:
+            lines.append(f"  deviation: ERROR {dev['error']}")
+        for v in LENS_VARIANTS:
+            if v in dev:
+                d = dev[v]
+                lines.append(f"  u vs exact {v:<10} max {d['max_abs_u_gap']:.2e} mean {d['mean_abs_u_gap']:.2e}"
+                             f" within 1e-3: {d['u_within_1e-3']}")
+        if "fp8_lens_mode" in dev:
+            lines.append(f"  fp8 lens product: {dev['fp8_lens_mode']}")
+        graph = r.get("graph", {})
+        if "error" in graph:
+            lines.append(f"  graph: ERROR {graph['error']}")
+        for bkey, row in graph.items():
+            if not bkey.startswith("batch"):
+                continue
+            lines.append(f"  CUDA graph, {bkey}: eager-static ms/token, graph ms/token, speed-up, tokens == eager")
+            for v in GRAPH_VARIANTS:
+                e = row.get(v, {})
+                if "error" in e:
+                    lines.append(f"    {v:<11} ERROR {e['error'][:300]}")
+                    continue
+                lines.append(f"    {v:<11} {e['eager_static_ms_per_token']['median']:8.3f} "
+                             f"{e['graph_ms_per_token']['median']:8.3f}  x{e['speedup']:.2f}"
+                             f"  {e['tokens_identical_to_eager_static']} (captured: {e['captured']})")
+            if "graph_vs_none" in row:
+                lines.append("    graphed vs graphed none: " + ", ".join(
+                    f"{k} x{v:.3f}" for k, v in row["graph_vs_none"].items()))
+        brk = r.get("breaks", {})
+        if "error" in brk:
+            lines.append(f"  breaks: ERROR {brk['error']}")
+        for v in GRAPH_VARIANTS:
+            if v in brk:
+                lines.append(f"  dynamo graph breaks of a decode step, {v}: {brk[v]['breaks']} {brk[v]['reasons']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True, type=Path, help="folder for gpu_decode.json and gpu_decode.txt")
+    ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (logic check)")
+    ap.add_argument("--tiny", action="store_true", help="tiny models (CPU logic check)")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and tokens")
+    ap.add_argument("--models", default="big,small", help="comma-separated: big, small")
+    ap.add_argument("--sections", default="eager,deviation,graph", help="comma-separated: eager, deviation, graph, breaks (torch._dynamo.explain of a decode step "
+                    "with each edit: slow, not run by default)")
+    ap.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (default 7, --quick 3)")
+    ap.add_argument("--new-tokens", type=int, default=None, help="tokens generated (default 32, --quick 16)")
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--dtype", default=None, help="bfloat16 (default on cuda) or float32 (default on cpu)")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda but torch sees no GPU: run on a GPU machine or pass --device cpu --tiny")
+    if device.type == "cpu" and not args.tiny:
+        ap.error("the full-size models are for a GPU: on a CPU pass --tiny")
+    args.repeats = args.repeats or (2 if args.tiny else 3 if args.quick else 7)
+    args.new_tokens = args.new_tokens or (6 if args.tiny else 16 if args.quick else 32)
+    if args.tiny:
+        args.prompt_len = min(args.prompt_len, 8)
+    if args.new_tokens < 2 or args.repeats < 1:
+        ap.error("--new-tokens must be >= 2 and --repeats >= 1")
+    args.batches = [int(x) for x in args.batches.split(",")]
+    args.sections = [s for s in args.sections.split(",") if s]
+    bad = set(args.sections) - {"eager", "deviation", "graph", "breaks"}
+    if bad:
+        ap.error(f"unknown section(s) {sorted(bad)}: use eager, deviation, graph, breaks")
+    models = [m for m in args.models.split(",") if m]
+    if set(models) - set(MODELS):
+        ap.error(f"unknown model(s) {sorted(set(models) - set(MODELS))}: use big, small")
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def log(msg):
+        print(msg, flush=True)
+
+    import transformers
+
+    results = {
+        "env": {"torch": torch.__version__, "transformers": transformers.__version__,
+                "python": platform.python_version(), "device": str(device), "dtype": str(dtype),
+                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()},
+        "settings": {"batches": args.batches, "repeats": args.repeats, "new_tokens": args.new_tokens,
+                     "prompt_len": args.prompt_len, "tiny": args.tiny, "sections": args.sections},
+        "models": {},
+    }
+    timer = Timer(device)
+    t_all = time.perf_counter()
+    for name in models:
+        results["models"][name] = run_model(name, args, device, dtype, timer, log)
+        (args.out / "gpu_decode.json").write_text(json.dumps(results, indent=1, default=str))
+    results["total_s"] = time.perf_counter() - t_all
+    (args.out / "gpu_decode.json").write_text(json.dumps(results, indent=1, default=str))
+    table = fmt_table(results) + f"\ntotal {results['total_s']:.1f}s"
+    (args.out / "gpu_decode.txt").write_text(table + "\n")
+    print(table, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
