@@ -197,7 +197,7 @@ class AlignmentPipeline:
         adapter = self._adapter(model)
         site = getattr(self.source.config, "site", "heads")
         shape = adapter.shape(model)
-        info = shape.site(site)
+        info = adapter.site_info(model, site)
         labels, groups = data.labels, data.groups
         if validation_groups is not None:
             val = data.validation_mask(validation_groups)

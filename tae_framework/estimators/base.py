@@ -13,7 +13,9 @@ from ..types import EditTargets, EstimatorInputs
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+    from ..backends.base import ForwardContext
     from ..models.base import ModelAdapter
+    from ..plan import SignalPlan
 
 __all__ = ["MisalignmentEstimator", "SignalRuntime"]
 
@@ -30,7 +32,7 @@ class SignalRuntime(ABC):
 
     @abstractmethod
     def signals(
-        self, layer: int, site_input: torch.Tensor, residual_in: torch.Tensor | None, state: dict
+        self, layer: int, site_input: torch.Tensor, residual_in: torch.Tensor | None, ctx: ForwardContext
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Per-token signals for the targets of ``layer``.
 
@@ -39,8 +41,10 @@ class SignalRuntime(ABC):
             site_input: ``[B, T', D]`` activations at the edited positions (before the edit).
             residual_in: ``[B, T', hidden]`` residual stream entering ``layer`` at the
                 same positions, if ``layer`` is in :attr:`residual_layers`.
-            state: a dict owned by the edit session, for values shared across layers
-                within one forward pass (e.g. one logit lens reused by later layers).
+            ctx: the installation's typed per-forward context
+                (:class:`~tae_framework.backends.base.ForwardContext`): the edited
+                positions, values shared across layers within one forward pass (e.g.
+                one logit lens reused by later layers), recorded signals.
 
         Returns:
             ``(p, u)``: ``p`` is ``[B, T', K_layer]`` misalignment probability per
@@ -59,7 +63,7 @@ class MisalignmentEstimator(Component):
             >>> class Half(SignalRuntime):
             ...     def __init__(self, per_layer):
             ...         self.per_layer = per_layer
-            ...     def signals(self, layer, site_input, residual_in, state):
+            ...     def signals(self, layer, site_input, residual_in, ctx):
             ...         k = self.per_layer[layer]
             ...         return site_input.new_full((*site_input.shape[:2], k), 0.5), None
             >>> class Constant(MisalignmentEstimator):
@@ -80,3 +84,9 @@ class MisalignmentEstimator(Component):
     @abstractmethod
     def bind(self, model: PreTrainedModel, adapter: ModelAdapter, targets: EditTargets) -> SignalRuntime:
         """Return a runtime evaluating the signals on ``model`` (device-local)."""
+
+    def signal_plan(self, targets: EditTargets) -> SignalPlan | None:
+        """The fitted signals as backend-neutral data (a :class:`~tae_framework.plan.SignalPlan`)
+        for an edit plan, or ``None`` (the default): the plan then carries the estimator
+        itself and only the PyTorch-hook backend, through :meth:`bind`, can install it."""
+        return None

@@ -10,8 +10,10 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from ..backends.base import ForwardContext
 from ..config import ComponentConfig
 from ..errors import ConfigError, DataError
+from ..plan import LayerProbe, ProbeLensSignals
 from ..types import EditTargets, EstimatorInputs, check_finite
 from .base import MisalignmentEstimator, SignalRuntime
 
@@ -197,14 +199,33 @@ class TokenMisalignmentEstimator(MisalignmentEstimator):
         z = torch.einsum("...kd,kd->...k", features.float(), self.coef_) + self.intercept_
         return torch.sigmoid(z)
 
-    def bind(self, model, adapter, targets: EditTargets) -> MAIRuntime:
+    def signal_plan(self, targets: EditTargets) -> ProbeLensSignals:
+        """The fitted probes and the lens settings as plain data (for an edit plan)."""
+        from ..functional import DEFAULT_ENTROPY_GAIN
+
         self.check_is_fitted()
         if self.coef_.shape != (targets.num_targets, targets.unit_dim):
             raise DataError(
                 f"estimator weights have shape {tuple(self.coef_.shape)} but the targets need "
                 f"[{targets.num_targets}, {targets.unit_dim}]: fit the estimator on these targets"
             )
-        return MAIRuntime(self, model, adapter, targets)
+        cfg = self.config
+        probes = {
+            layer: LayerProbe(targets.units[ix], self.coef_[ix], self.intercept_[ix])
+            for layer, ix in targets.by_layer().items()
+        }
+        return ProbeLensSignals(
+            site=targets.site,
+            unit_dim=targets.unit_dim,
+            probes=probes,
+            lens=cfg.lens,
+            gain=cfg.gain if cfg.gain is not None else DEFAULT_ENTROPY_GAIN,
+            lens_final_norm=cfg.lens_final_norm,
+            lens_dtype=cfg.lens_dtype,
+        )
+
+    def bind(self, model, adapter, targets: EditTargets) -> MAIRuntime:
+        return MAIRuntime(self.signal_plan(targets), model, adapter)
 
 
 class _ReducedPrecisionLens:
@@ -239,29 +260,23 @@ class _ReducedPrecisionLens:
 class MAIRuntime(SignalRuntime):
     """Device-local evaluation of p (all heads of a layer at once) and u (logit lens)."""
 
-    def __init__(self, est: TokenMisalignmentEstimator, model, adapter, targets: EditTargets):
-        from ..functional import DEFAULT_ENTROPY_GAIN
-
-        self.cfg = est.config
-        self.gain = self.cfg.gain if self.cfg.gain is not None else DEFAULT_ENTROPY_GAIN
-        self.unit_dim = targets.unit_dim
-        self.num_units = adapter.shape(model).site(targets.site).num_units
-        self.layers: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        for layer, ix in targets.by_layer().items():
-            self.layers[layer] = (targets.units[ix], est.coef_[ix], est.intercept_[ix])
+    def __init__(self, plan: ProbeLensSignals, model, adapter):
+        self.plan = plan
+        self.lens = plan.lens
+        self.gain = plan.gain
+        self.unit_dim = plan.unit_dim
+        self.num_units = adapter.site_info(model, plan.site).num_units
+        self.layers: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {
+            layer: (probe.units, probe.weight, probe.bias) for layer, probe in plan.probes.items()
+        }
         self._cache: dict[tuple[int, torch.device], tuple[torch.Tensor, ...]] = {}
         self.unembed = adapter.unembedding(model)
-        self.norm = adapter.final_norm(model) if self.cfg.lens_final_norm else None
+        self.norm = adapter.final_norm(model) if plan.lens_final_norm else None
         self._lens = self.unembed
-        if self.cfg.lens_dtype != "model" and self.cfg.lens != "off":
-            self._lens = _ReducedPrecisionLens(self.unembed, getattr(torch, self.cfg.lens_dtype))
+        if plan.lens_dtype != "model" and plan.lens != "off":
+            self._lens = _ReducedPrecisionLens(self.unembed, getattr(torch, plan.lens_dtype))
+        self.residual_layers = plan.residual_layers
         edited = sorted(self.layers)
-        if self.cfg.lens == "exact":
-            self.residual_layers = frozenset(edited)
-        elif self.cfg.lens == "shared":
-            self.residual_layers = frozenset(edited[:1])
-        else:
-            self.residual_layers = frozenset()
         self._first = edited[0] if edited else -1
 
     def _weights(self, layer: int, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -272,20 +287,19 @@ class MAIRuntime(SignalRuntime):
             hit = self._cache[key] = (units.to(device), w.to(device), b.to(device))
         return hit
 
-    def uncertainty(self, resid: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+    def uncertainty(self, resid: torch.Tensor, ctx: ForwardContext | dict | None = None) -> torch.Tensor:
         """``[B, T', hidden]`` residual stream -> ``[B, T', 1]`` normalised lens entropy.
 
         When the edit session knows the edited positions (``span`` scope with a host-side
-        mask), the lens runs only there; other positions get 0 (they are not edited).
+        mask, ``ctx.span_positions``), the lens runs only there; other positions get 0
+        (they are not edited).
         """
         from ..functional import logit_lens_entropy
 
-        positions = (state or {}).get("span_positions")
+        ctx = ForwardContext.coerce(ctx)
+        positions = ctx.span_positions
         if positions is not None and positions[0].numel() < resid.shape[0] * resid.shape[1]:
-            key = ("span_positions", resid.device)
-            if key not in state:
-                state[key] = tuple(p.to(resid.device, non_blocking=True) for p in positions)
-            b, t = state[key]
+            b, t = ctx.span_positions_on(resid.device)
             picked = resid[b, t]
             h = self.norm(picked) if self.norm is not None else picked
             u_pos = logit_lens_entropy(self._lens(h), gain=self.gain).to(resid.device)
@@ -296,20 +310,19 @@ class MAIRuntime(SignalRuntime):
         logits = self._lens(h)
         return logit_lens_entropy(logits, gain=self.gain).to(resid.device)[..., None]
 
-    def signals(self, layer, site_input, residual_in, state):
+    def signals(self, layer, site_input, residual_in, ctx: ForwardContext):
+        ctx = ForwardContext.coerce(ctx)
         units, w, b = self._weights(layer, site_input.device)
         bsz, t = site_input.shape[:2]
         heads = site_input.reshape(bsz, t, self.num_units, self.unit_dim).index_select(2, units)
         p = torch.sigmoid(torch.einsum("btkd,kd->btk", heads.float(), w) + b)
         u = None
-        if self.cfg.lens == "exact" and residual_in is not None:
-            u = self.uncertainty(residual_in, state)
-        elif self.cfg.lens == "shared":
+        if self.lens == "exact" and residual_in is not None:
+            u = self.uncertainty(residual_in, ctx)
+        elif self.lens == "shared":
             if layer == self._first and residual_in is not None:
-                state["shared_u"] = self.uncertainty(residual_in, state)
-            u = state.get("shared_u")
+                ctx.shared_u = self.uncertainty(residual_in, ctx)
+            u = ctx.shared_u
             if u is not None and u.device != site_input.device:
                 u = u.to(site_input.device, non_blocking=True)
         return p, u
-
-

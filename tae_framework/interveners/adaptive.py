@@ -12,15 +12,12 @@ is ``alpha * sigma_h * (1 + p_h)``.
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
 from pydantic import Field
 
 from ..config import ComponentConfig
-from ..editing import EditScope, EditSession, layer_edits
 from ..errors import ConfigError
 from ..estimators.base import MisalignmentEstimator
+from ..plan import AdaptiveStrength, BoundSignals, EditPlan, EditScope, FixedStrength, layer_edits
 from ..types import EditTargets
 from .base import Intervener
 
@@ -64,38 +61,23 @@ class AdaptiveIntervener(Intervener):
         self.estimator = estimator
         return self
 
-    def install(self, model, adapter, scope: EditScope | str, record: bool = False) -> EditSession:
-        from ..functional import adaptive_strength
-
+    def plan(self, scope: EditScope | str = "last") -> EditPlan:
         t: EditTargets = self.targets_
         scope = EditScope.coerce(scope)
         cfg = self.config
-        edits = layer_edits(t, cfg.alpha * t.sigmas)
+        edits = tuple(layer_edits(t, cfg.alpha * t.sigmas))
         use_u = cfg.use_u and (scope.mode != "all" or cfg.u_on_all_scope)
         # The reference mixes p with beta only when it has u; without u (its plain-text
         # CE/KL runs) the strength is alpha * sigma * (1 + p).
         beta = cfg.beta if use_u or not cfg.use_u else 1.0
         if not (cfg.use_p or use_u):
-            if cfg.use_base:
-                return EditSession(model, adapter, t.site, edits, scope, record=record)
-            return EditSession(model, adapter, t.site, [], scope, record=record)
+            return EditPlan(t.site, edits if cfg.use_base else (), FixedStrength())
         estimator = getattr(self, "estimator", None)
         if estimator is None:
             raise ConfigError("intervener 'mai' was loaded without its estimator: load the whole pipeline")
-        runtime = estimator.bind(model, adapter, t)
-        use_p, use_base = cfg.use_p, cfg.use_base
-        per_layer = {layer: int(ix.numel()) for layer, ix in t.by_layer().items()}
-
-        def modulator(layer: int, x: torch.Tensor, resid: torch.Tensor | None, state: dict[str, Any]):
-            p, u = runtime.signals(layer, x, resid, state)
-            if state.get("record"):
-                state.setdefault("signals", []).append(
-                    (layer, None if p is None else p.detach(), None if u is None else u.detach())
-                )
-            w = adaptive_strength(p if use_p else None, u if use_u else None, beta, use_base=use_base)
-            return w.expand(x.shape[0], x.shape[1], per_layer[layer])
-
-        residual = runtime.residual_layers if use_u else frozenset()
-        return EditSession(
-            model, adapter, t.site, edits, scope, modulator=modulator, residual_layers=residual, record=record
-        )
+        signals = estimator.signal_plan(t)
+        if signals is None:  # an estimator that only knows how to bind itself to a torch model
+            estimator.check_is_fitted()
+            signals = BoundSignals(estimator, t)
+        rule = AdaptiveStrength(signals, beta, use_p=cfg.use_p, use_u=use_u, use_base=cfg.use_base)
+        return EditPlan(t.site, edits, rule)

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from ..config import ComponentConfig
-from ..editing import EditScope, EditSession, layer_edits
+from ..plan import EditPlan, EditScope, FixedStrength
 from ..types import EditTargets
 from .base import Intervener
 
@@ -39,6 +39,5 @@ class FixedIntervener(Intervener):
         t: EditTargets = self.targets_
         return self.config.alpha * (t.sigmas if self.config.use_sigma else t.sigmas.new_ones(t.num_targets))
 
-    def install(self, model, adapter, scope: EditScope | str, record: bool = False) -> EditSession:
-        t: EditTargets = self.targets_
-        return EditSession(model, adapter, t.site, layer_edits(t, self.scales()), scope, record=record)
+    def plan(self, scope: EditScope | str = "last") -> EditPlan:
+        return EditPlan.from_targets(self.targets_, self.scales(), FixedStrength())

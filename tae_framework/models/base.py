@@ -5,14 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import abstractmethod
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from ..component import Component
-from ..errors import ConfigError, ModelMismatchError
-from ..types import ModelShape, Site
+from ..errors import ConfigError, ModelMismatchError, UnsupportedModelError
+from ..types import ModelShape, Site, SiteInfo
+from .sites import DEFAULT_SITES, SiteSpec
 
 __all__ = ["ModelAdapter", "check_fingerprint", "model_fingerprint"]
 
@@ -24,6 +26,11 @@ class ModelAdapter(Component):
     (``o_proj`` in Llama-like models), the residual stream entering and leaving each
     layer (input / output of the decoder layer), the final norm and the unembedding.
     Adapters are stateless; :meth:`matches` decides whether an adapter handles a model.
+
+    The edit sites are one table, :attr:`sites` (name -> :class:`~tae_framework.models.sites.SiteSpec`):
+    each entry names the adapter method locating its module and whether the site is
+    that module's input or output. Capture and editing resolve sites only through
+    :meth:`site_spec`, :meth:`site_module` and :meth:`site_info`.
 
     Example:
         An adapter for a custom model whose layers live in ``model.blocks``::
@@ -51,6 +58,8 @@ class ModelAdapter(Component):
     role: ClassVar[str] = "adapter"
     #: Higher priority adapters are tried first (family adapters above the generic one).
     priority: ClassVar[int] = 0
+    #: The edit sites this adapter can locate: name -> where and which tensor.
+    sites: ClassVar[Mapping[str, SiteSpec]] = DEFAULT_SITES
 
     @classmethod
     @abstractmethod
@@ -77,13 +86,45 @@ class ModelAdapter(Component):
     def shape(self, model: nn.Module) -> ModelShape:
         """Sizes of the model."""
 
-    def site_module(self, model: nn.Module, layer: int, site: Site) -> nn.Module:
-        """The module tapped for ``site``: its input (heads) or output (residual)."""
-        if site == "heads":
-            return self.head_module(model, layer)
-        if site == "residual":
-            return self.layers(model)[layer]
-        raise ValueError(f"unknown site {site!r}: use 'heads' or 'residual'")
+    def layer_module(self, model: nn.Module, layer: int) -> nn.Module:
+        """Decoder layer ``layer`` (its input / output is the residual stream)."""
+        layers = self.layers(model)
+        if not 0 <= layer < len(layers):
+            raise IndexError(f"layer {layer} is out of range: valid layers are 0..{len(layers) - 1}")
+        return layers[layer]
+
+    def mlp_module(self, model: nn.Module, layer: int) -> nn.Module:
+        """The MLP (feed-forward block) of decoder layer ``layer``; adapters that know it override this."""
+        raise UnsupportedModelError(
+            f"adapter '{self.name}' does not locate MLP modules, so the 'mlp_out' site is not "
+            "available: override ModelAdapter.mlp_module in the adapter"
+        )
+
+    def site_spec(self, site: str) -> SiteSpec:
+        """The table entry of ``site``.
+
+        Raises:
+            ConfigError: ``site`` is not in :attr:`sites`; the message lists the known sites.
+        """
+        spec = self.sites.get(site) if isinstance(site, str) else None
+        if spec is None:
+            raise ConfigError(
+                f"unknown site {site!r}: adapter '{self.name}' knows the sites "
+                f"{', '.join(repr(k) for k in self.sites)}"
+            )
+        return spec
+
+    def site_module(self, model: nn.Module, layer: int, site: Site | str) -> nn.Module:
+        """The module holding ``site`` in layer ``layer`` (its input or output, per :meth:`site_spec`)."""
+        return getattr(self, self.site_spec(site).locate)(model, layer)
+
+    def site_info(self, model: nn.Module, site: Site | str) -> SiteInfo:
+        """Layout of ``site`` on ``model``: ``num_units`` blocks of ``unit_dim`` values."""
+        spec = self.site_spec(site)
+        shape = self.shape(model)
+        if spec.layout == "heads":
+            return SiteInfo(site, shape.num_heads, shape.head_dim)  # type: ignore[arg-type]
+        return SiteInfo(site, 1, shape.hidden_size)  # type: ignore[arg-type]
 
     def resolve_layers(self, model: nn.Module, layers: Any = None) -> list[int]:
         """Validate layer indices against the model; ``None`` means every layer.

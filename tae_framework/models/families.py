@@ -49,6 +49,7 @@ class GPT2Adapter(FamilyAdapter):
     layer_paths: ClassVar[tuple[str, ...]] = ("transformer.h",)
     attention_names: ClassVar[tuple[str, ...]] = ("attn",)
     projection_names: ClassVar[tuple[str, ...]] = ("c_proj",)
+    mlp_names: ClassVar[tuple[str, ...]] = ("mlp",)
     norm_names: ClassVar[tuple[str, ...]] = ("ln_f",)
 
 
@@ -60,11 +61,13 @@ class GPTNeoXAdapter(FamilyAdapter):
     layer_paths: ClassVar[tuple[str, ...]] = ("gpt_neox.layers",)
     attention_names: ClassVar[tuple[str, ...]] = ("attention",)
     projection_names: ClassVar[tuple[str, ...]] = ("dense",)
+    mlp_names: ClassVar[tuple[str, ...]] = ("mlp",)
     norm_names: ClassVar[tuple[str, ...]] = ("final_layer_norm",)
 
 
 class OPTAdapter(FamilyAdapter):
-    """OPT: ``model.decoder.layers[i].self_attn.out_proj``.
+    """OPT: ``model.decoder.layers[i].self_attn.out_proj``; the MLP has no container,
+    its output is that of the layer's ``fc2``.
 
     Each OPT layer also has a ``final_layer_norm`` (of its MLP), so the final norm is
     pinned to the decoder's own. Checkpoints with ``do_layer_norm_before=False``
@@ -79,6 +82,7 @@ class OPTAdapter(FamilyAdapter):
     layer_paths: ClassVar[tuple[str, ...]] = ("model.decoder.layers",)
     attention_names: ClassVar[tuple[str, ...]] = ("self_attn",)
     projection_names: ClassVar[tuple[str, ...]] = ("out_proj",)
+    mlp_names: ClassVar[tuple[str, ...]] = ("fc2",)
     norm_names: ClassVar[tuple[str, ...]] = ("final_layer_norm",)
 
     def _unembedding(self, model: nn.Module) -> nn.Module:
@@ -97,6 +101,7 @@ class FalconAdapter(FamilyAdapter):
     layer_paths: ClassVar[tuple[str, ...]] = ("transformer.h",)
     attention_names: ClassVar[tuple[str, ...]] = ("self_attention",)
     projection_names: ClassVar[tuple[str, ...]] = ("dense",)
+    mlp_names: ClassVar[tuple[str, ...]] = ("mlp",)
     norm_names: ClassVar[tuple[str, ...]] = ("ln_f",)
 
 

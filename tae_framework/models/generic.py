@@ -144,6 +144,8 @@ class GenericAdapter(ModelAdapter):
     attention_names: ClassVar[tuple[str, ...]] = ("self_attn", "attn", "attention", "self_attention")
     #: Output projection names inside the attention module, in order of preference.
     projection_names: ClassVar[tuple[str, ...]] = ("o_proj", "c_proj", "dense", "out_proj")
+    #: MLP (feed-forward) names inside a decoder layer, in order of preference.
+    mlp_names: ClassVar[tuple[str, ...]] = ("mlp", "feed_forward", "ffn", "block_sparse_moe")
     #: Final norm names among the children of the layers' parent module.
     norm_names: ClassVar[tuple[str, ...]] = (
         "norm",
@@ -187,6 +189,11 @@ class GenericAdapter(ModelAdapter):
         """The attention module of decoder layer ``layer``."""
         layers = self.layers(model)
         return self._guard(self._attention, model, layers[layer], layer)[1]
+
+    def mlp_module(self, model: nn.Module, layer: int) -> nn.Module:
+        """The first child of decoder layer ``layer`` among :attr:`mlp_names`."""
+        module = self.layer_module(model, layer)
+        return self._guard(self._mlp, model, module, layer)
 
     def final_norm(self, model: nn.Module) -> nn.Module | None:
         return self._final_norm(model, self._guard(self._layers, model))
@@ -318,6 +325,16 @@ class GenericAdapter(ModelAdapter):
             f"{'/'.join(self.projection_names)} (looked inside its `{attn_name}`, "
             f"{type(attn).__name__}, whose children are "
             f"{', '.join(attn._modules) or 'none'})"
+        )
+
+    def _mlp(self, model: nn.Module, layer: nn.Module, index: int) -> nn.Module:
+        for name in self.mlp_names:
+            child = _child(layer, name)
+            if child is not None:
+                return child
+        raise _NotResolved(
+            f"layer {index} ({type(layer).__name__}) has no MLP among {'/'.join(self.mlp_names)} "
+            f"(its children are {', '.join(layer._modules) or 'none'})"
         )
 
     def _shape(self, model: nn.Module) -> ModelShape:
