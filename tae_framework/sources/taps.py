@@ -1,0 +1,87 @@
+"""Forward taps that copy what enters or leaves a set of modules during a forward pass."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import distributed
+from ..errors import TAEError
+from ..types import Site
+
+__all__ = ["SiteTaps"]
+
+
+class SiteTaps(contextlib.AbstractContextManager):
+    """Copy what enters (``heads``) or leaves (``residual``) a set of modules.
+
+    A context manager: the PyTorch handles exist only inside the ``with`` block and
+    are removed on exit, also when the forward raises. The taps never modify what
+    they see; each copy is made on the device of the tensor it copies.
+
+    Args:
+        modules: one module per captured layer, in the order of ``layers``.
+        site: ``"heads"`` taps each module's first input (pre-forward);
+            ``"residual"`` taps its output (element 0 of a tuple output).
+        dtype: dtype of the copies.
+    """
+
+    def __init__(
+        self, modules: Sequence[nn.Module], site: Site, dtype: torch.dtype, full_width: int | None = None
+    ):
+        self.modules = list(modules)
+        self.site = site
+        self.dtype = dtype
+        #: the whole site width of a tensor-parallel model (each rank sees a slice)
+        self.full_width = full_width
+        self.captured: list[torch.Tensor | None] = [None] * len(self.modules)
+        self._handles: list[Any] = []
+
+    def _store(self, slot: int, value: Any) -> None:
+        if isinstance(value, (tuple, list)):
+            value = value[0] if value else None
+        if not isinstance(value, torch.Tensor):
+            raise TAEError(
+                f"the {self.site} tap of captured layer #{slot} received {type(value).__name__}, "
+                "not a tensor: the model adapter points at the wrong module"
+            )
+        if self.full_width is not None:
+            value = distributed.gather_site(value, self.full_width)
+        self.captured[slot] = value.detach().to(dtype=self.dtype, copy=True)
+
+    def _pre_tap(self, slot: int):
+        def tap(module, args, kwargs):
+            self._store(slot, args[0] if args else next(iter(kwargs.values()), None))
+
+        return tap
+
+    def _post_tap(self, slot: int):
+        def tap(module, args, output):
+            self._store(slot, output)
+
+        return tap
+
+    def __enter__(self):
+        try:
+            for slot, module in enumerate(self.modules):
+                if self.site == "heads":
+                    handle = module.register_forward_pre_hook(self._pre_tap(slot), with_kwargs=True)
+                else:
+                    handle = module.register_forward_hook(self._post_tap(slot))
+                self._handles.append(handle)
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def remove(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
