@@ -118,3 +118,19 @@ def test_u_on_all_scope_keeps_the_method_rule(setup):
         assert float((method - reference).abs().max()) > 1e-3
     finally:
         pipe.intervener.config = ours_cfg.model_copy(update={"u_on_all_scope": False})
+
+
+def test_the_plan_installed_by_the_torch_backend_is_the_reference_rule(setup):
+    """The intervener's plan, installed directly by the PyTorch-hook backend, against the
+    reference's per-token loop (the path ``pipe.apply`` takes, without the pipeline)."""
+    from tae_framework.backends.torch_hooks import TorchHooksBackend
+
+    pipe, model, tok = setup
+    plan = pipe.intervener.plan("all")
+    ids = tok([TEXTS[1]], return_tensors="pt")
+    with torch.no_grad():
+        with TorchHooksBackend().install(plan, model, pipe._adapter(model), "all"):
+            ours = model(**ids).logits
+        with SlowReferenceAllScope(pipe, model):
+            reference = model(**ids).logits
+    torch.testing.assert_close(ours, reference, atol=2e-5, rtol=1e-5)

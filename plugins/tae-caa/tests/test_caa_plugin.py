@@ -27,6 +27,11 @@ def test_caa_fits_on_the_residual_stream_and_generates():
     pipe = AlignmentPipeline.from_preset("caa", intervener={"alpha": 3.0}).fit(model, tok, toy_contrast())
     t = pipe.targets_
     assert t.site == "residual" and t.num_targets == 1 and t.unit_dim == 32
+    plan = pipe.intervener.plan("last")  # one layer, one hidden-size unit, alpha * |mean difference|
+    assert plan.site == "residual" and plan.edited_layers == t.layers.tolist()
+    (layer,) = plan.layers
+    assert layer.units.tolist() == [0] and layer.directions.shape == (1, 32)
+    torch.testing.assert_close(layer.scales, 3.0 * t.sigmas)
     prompts = ["Q: is a big? A:", "Q: is q big? A:"]
     assert pipe.generate(model, tok, prompts, max_new_tokens=6) != pipe.generate(model, tok, prompts, max_new_tokens=6, edit=False)
 

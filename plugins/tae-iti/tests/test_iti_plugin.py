@@ -57,6 +57,15 @@ def test_matched_norm_control_keeps_heads_and_edit_norm():
     torch.testing.assert_close(b.directions.norm(dim=1), torch.ones(4))
     cos = (a.directions * b.directions).sum(1).abs()
     assert bool((cos < 0.95).all()), "random directions should not coincide with the probed ones"
+    # the control's edit plan differs from ITI's only in its directions
+    pa, pb = iti.intervener.plan("last"), rnd.intervener.plan("last")
+    assert pa.site == pb.site == "heads" and type(pa.strength) is type(pb.strength)
+    assert pa.edited_layers == pb.edited_layers == a.edited_layers()
+    for la, lb in zip(pa.layers, pb.layers):
+        assert torch.equal(la.units, lb.units)
+        torch.testing.assert_close(la.scales, 15.0 * a.sigmas[la.target_index])
+        torch.testing.assert_close(lb.scales, la.scales)
+        assert not torch.allclose(la.directions, lb.directions)
 
 
 def test_random_heads_control_draws_other_heads():
