@@ -188,14 +188,22 @@ def build_estimator(targets: EditTargets, lens: str, lens_dtype: str = "model") 
     est.num_tokens_ = 0
     est.misaligned_rate_ = 0.0
     if fp8:
-        plain_bind = est.bind
+        plain_bind, plain_plan = est.bind, getattr(est, "signal_plan", None)
 
         def bind(self, model, adapter, t):
-            runtime = plain_bind(model, adapter, t)
+            if plain_plan is None:  # the engine before edit plans
+                runtime = plain_bind(model, adapter, t)
+            else:
+                from tae_framework.estimators.mai import MAIRuntime
+
+                runtime = MAIRuntime(plain_plan(t), model, adapter)
             runtime._lens = Fp8Lens(runtime.unembed)
             return runtime
 
         est.bind = types.MethodType(bind, est)
+        if plain_plan is not None:
+            # signals that are not data are installed through the estimator's own bind
+            est.signal_plan = types.MethodType(lambda self, t: None, est)
     return est
 
 
@@ -373,7 +381,8 @@ def section_deviation(model, adapter, interveners, prompts, exact_tokens, args):
     for v in ("tae_exact", *LENS_VARIANTS):
         with torch.inference_mode(), session(interveners, v, model, adapter, "all", record=True) as s:
             model(input_ids=ids, use_cache=False, logits_to_keep=1)
-        rec[v] = {layer: u.float() for layer, _, u in s.state["signals"]}
+        signals = s.context.signals if hasattr(s, "context") else s.state["signals"]
+        rec[v] = {layer: u.float() for layer, _, u in signals}
     out = {}
     for v in LENS_VARIANTS:
         gaps = {layer: (rec[v][layer] - rec["tae_exact"][layer]).abs() for layer in rec["tae_exact"]}

@@ -62,6 +62,8 @@ def test_static_step_decoder_reproduces_the_eager_edited_decode(report):
 def test_half_precision_lens_stays_within_the_target(report):
     dev = report["deviation"]
     assert dev["tae_f16"]["max_abs_u_gap"] < 1e-3
+    # the float8 prototype is in effect (it rounds: u moves, but not by much)
+    assert 0 < dev["tae_fp8"]["max_abs_u_gap"] < 0.05
     # the shared lens equals the exact one at the first edited layer only
     first = min(dev["tae_shared"]["max_abs_u_gap_per_layer"], key=int)
     assert dev["tae_shared"]["max_abs_u_gap_per_layer"][first] < 1e-6
