@@ -464,49 +464,57 @@ def section_breaks(model, adapter, interveners, prompts, args, device):
 
 
 # -- driver --------------------------------------------------------------------------------------
-def run_model(name, args, device, dtype, timer, log):
-    results = {}
-    t0 = time.perf_counter()
-    model, adapter = build_model(name, args.tiny, device, dtype, args.prompt_len + args.new_tokens + 8)
-    targets = build_targets(adapter, model)
-    interveners = build_interveners(targets)
-    shape = adapter.shape(model)
-    g = torch.Generator().manual_seed(1)
-    prompts = {b: torch.randint(5, shape.vocab_size, (b, args.prompt_len), generator=g).to(device)
-               for b in args.batches}
-    results["shape"] = {"layers": shape.num_layers, "hidden": shape.hidden_size, "vocab": shape.vocab_size,
-                        "heads": shape.num_heads, "edited_layers": targets.edited_layers(),
-                        "edited_heads": targets.num_targets,
-                        "params": sum(p.numel() for p in model.parameters())}
-    results["build_s"] = time.perf_counter() - t0
-    log(f"[{name}] built in {results['build_s']:.1f}s: {results['shape']}")
-    for sec in args.sections:
+class ModelRun:
+    """One model with its edits and prompts, and the results of its sections."""
+
+    def __init__(self, name, args, device, dtype, log):
+        t0 = time.perf_counter()
+        self.name, self.args, self.device = name, args, device
+        self.model, self.adapter = build_model(name, args.tiny, device, dtype, args.prompt_len + args.new_tokens + 8)
+        self.targets = build_targets(self.adapter, self.model)
+        self.interveners = build_interveners(self.targets)
+        shape = self.adapter.shape(self.model)
+        g = torch.Generator().manual_seed(1)
+        self.prompts = {b: torch.randint(5, shape.vocab_size, (b, args.prompt_len), generator=g).to(device)
+                        for b in args.batches}
+        self.exact_tokens = None
+        self.results = {
+            "shape": {"layers": shape.num_layers, "hidden": shape.hidden_size, "vocab": shape.vocab_size,
+                      "heads": shape.num_heads, "edited_layers": self.targets.edited_layers(),
+                      "edited_heads": self.targets.num_targets,
+                      "params": sum(p.numel() for p in self.model.parameters())},
+        }
+        self.results["build_s"] = time.perf_counter() - t0
+        log(f"[{name}] built in {self.results['build_s']:.1f}s: {self.results['shape']}")
+
+    def run(self, sec, timer, log):
+        m, a, inter, prompts, args, device = (self.model, self.adapter, self.interveners, self.prompts,
+                                              self.args, self.device)
         t0 = time.perf_counter()
         try:
             if sec == "eager":
-                out = section_eager(model, adapter, interveners, prompts, args, timer)
-                exact_tokens = {b: t["tae_exact"] for b, t in out.pop("_tokens").items()}
+                out = section_eager(m, a, inter, prompts, args, timer)
+                self.exact_tokens = {b: t["tae_exact"] for b, t in out.pop("_tokens").items()}
             elif sec == "deviation":
-                if "exact_tokens" not in locals():
-                    with torch.inference_mode(), session(interveners, "tae_exact", model, adapter):
-                        exact_tokens = {b: greedy_eager(model, p, args.new_tokens, timer)[0]
-                                        for b, p in prompts.items()}
-                out = section_deviation(model, adapter, interveners, prompts, exact_tokens, args)
-                out["fp8_lens_mode"] = _fp8_mode(model, adapter, device)
+                if self.exact_tokens is None:
+                    with torch.inference_mode(), session(inter, "tae_exact", m, a):
+                        self.exact_tokens = {b: greedy_eager(m, p, args.new_tokens, timer)[0]
+                                             for b, p in prompts.items()}
+                out = section_deviation(m, a, inter, prompts, self.exact_tokens, args)
+                out["fp8_lens_mode"] = _fp8_mode(m, a, device)
             elif sec == "graph":
-                out = section_graph(model, adapter, interveners, prompts, args, timer, device)
+                out = section_graph(m, a, inter, prompts, args, timer, device)
             else:
-                out = section_breaks(model, adapter, interveners, prompts, args, device)
+                out = section_breaks(m, a, inter, prompts, args, device)
         except Exception as e:
             out = {"error": f"{type(e).__name__}: {e}"[:2000], "trace": traceback.format_exc()[-3000:]}
-        _sync(device)
+        try:
+            _sync(device)
+        except Exception as e:  # a failed capture can leave the device unusable
+            out.setdefault("error", f"device after the section: {type(e).__name__}: {e}"[:2000])
         out["seconds"] = time.perf_counter() - t0
-        results[sec] = out
-        log(f"[{name}] {sec} done in {out['seconds']:.1f}s" + (f" ERROR {out['error']}" if "error" in out else ""))
-    del model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return results
+        self.results[sec] = out
+        log(f"[{self.name}] {sec} done in {out['seconds']:.1f}s" + (f" ERROR {out['error']}" if "error" in out else ""))
 
 
 def _fp8_mode(model, adapter, device):
@@ -521,6 +529,9 @@ def fmt_table(results: dict) -> str:
     lines = []
     for name, r in results["models"].items():
         lines.append(f"== {name}: {r.get('shape')}")
+        for sec in ("eager", "deviation", "graph", "breaks"):
+            if "skipped" in r.get(sec, {}):
+                lines.append(f"  {sec}: skipped, {r[sec]['skipped']}")
         eager = r.get("eager", {})
         if "error" in eager:
             lines.append(f"  eager: ERROR {eager['error']}")
@@ -585,13 +596,15 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (logic check)")
     ap.add_argument("--tiny", action="store_true", help="tiny models (CPU logic check)")
     ap.add_argument("--quick", action="store_true", help="fewer repeats and tokens")
-    ap.add_argument("--models", default="big,small", help="comma-separated: big, small")
+    ap.add_argument("--models", default="big,small", help="comma-separated: big, small (run in this order)")
     ap.add_argument("--sections", default="eager,deviation,graph", help="comma-separated: eager, deviation, graph, breaks (torch._dynamo.explain of a decode step "
                     "with each edit: slow, not run by default)")
     ap.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (default 7, --quick 3)")
     ap.add_argument("--new-tokens", type=int, default=None, help="tokens generated (default 32, --quick 16)")
     ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--budget-s", type=float, default=240.0,
+                    help="sections that would start after this many seconds are skipped (recorded as such)")
     ap.add_argument("--dtype", default=None, help="bfloat16 (default on cuda) or float32 (default on cpu)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -631,9 +644,21 @@ def main(argv=None) -> int:
     }
     timer = Timer(device)
     t_all = time.perf_counter()
+    runs = {}
     for name in models:
-        results["models"][name] = run_model(name, args, device, dtype, timer, log)
-        (args.out / "gpu_decode.json").write_text(json.dumps(results, indent=1, default=str))
+        runs[name] = ModelRun(name, args, device, dtype, log)
+        results["models"][name] = runs[name].results
+    # section by section over the models: the graph capture, the likeliest to fail and
+    # leave the device unusable, comes after every eager measurement
+    for sec in args.sections:
+        for name in models:
+            spent = time.perf_counter() - t_all
+            if spent > args.budget_s:
+                runs[name].results[sec] = {"skipped": f"time budget: {spent:.0f}s > --budget-s {args.budget_s:.0f}"}
+                log(f"[{name}] {sec} skipped (budget)")
+                continue
+            runs[name].run(sec, timer, log)
+            (args.out / "gpu_decode.json").write_text(json.dumps(results, indent=1, default=str))
     results["total_s"] = time.perf_counter() - t_all
     (args.out / "gpu_decode.json").write_text(json.dumps(results, indent=1, default=str))
     table = fmt_table(results) + f"\ntotal {results['total_s']:.1f}s"

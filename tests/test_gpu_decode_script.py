@@ -86,3 +86,13 @@ def test_cpu_run_of_full_size_models_is_refused(gpu_decode, tmp_path, capsys):
         gpu_decode.main(["--device", "cpu", "--out", str(tmp_path)])
     assert e.value.code == 2
     assert "--tiny" in capsys.readouterr().err
+
+
+def test_sections_past_the_time_budget_are_skipped_and_recorded(gpu_decode, tmp_path):
+    rc = gpu_decode.main(["--device", "cpu", "--tiny", "--models", "small", "--batches", "1",
+                          "--budget-s", "0", "--out", str(tmp_path)])
+    assert rc == 0
+    res = json.loads((tmp_path / "gpu_decode.json").read_text())["models"]["small"]
+    for section in ("eager", "deviation", "graph"):
+        assert "budget" in res[section]["skipped"]
+    assert "skipped" in (tmp_path / "gpu_decode.txt").read_text()
