@@ -60,7 +60,7 @@ from tae_framework.types import EditTargets  # noqa: E402
 
 VARIANTS = ("none", "fixed", "tae_p_only", "tae_exact", "tae_f16", "tae_fp8", "tae_shared")
 LENS_VARIANTS = ("tae_f16", "tae_fp8", "tae_shared")
-GRAPH_VARIANTS = ("none", "fixed", "tae_exact", "tae_f16", "tae_shared")
+GRAPH_VARIANTS = ("none", "fixed", "tae_p_only", "tae_exact", "tae_f16", "tae_fp8", "tae_shared")
 
 MODELS = {
     # Llama-3-8B's widths and vocabulary, 8 of its 32 layers
@@ -438,9 +438,17 @@ def section_graph(model, adapter, interveners, prompts, args, timer, device):
                     torch.cuda.synchronize()
             row[v] = entry
         ok = {v: e for v, e in row.items() if "graph_ms_per_token" in e}
-        if "none" in ok:
-            row["graph_vs_none"] = {v: e["graph_ms_per_token"]["median"] / ok["none"]["graph_ms_per_token"]["median"]
-                                    for v, e in ok.items()}
+        med = {v: e["graph_ms_per_token"]["median"] for v, e in ok.items()}
+        if "none" in med:
+            row["graph_vs_none"] = {v: t / med["none"] for v, t in med.items()}
+        if "fixed" in med:
+            row["graph_vs_fixed"] = {v: t / med["fixed"] for v, t in med.items()}
+        if "tae_p_only" in med and "tae_exact" in med:
+            cost = {v: med[v] - med["tae_p_only"] for v in ("tae_exact", *LENS_VARIANTS) if v in med}
+            row["graph_lens_overhead_ms"] = cost
+            row["graph_lens_overhead_vs_exact"] = {
+                v: cost[v] / cost["tae_exact"] if cost["tae_exact"] > 0 else None for v in cost if v != "tae_exact"
+            }
         res[f"batch{b}"] = row
     return res
 
@@ -578,9 +586,14 @@ def fmt_table(results: dict) -> str:
                              f"{e['graph_ms_per_token']['median']:8.3f}  x{e['speedup']:.2f} "
                              f"x{e['speedup_vs_eager_dynamic']:.2f}  {e['tokens_identical_to_eager_static']}"
                              f" ({e['fraction_identical_to_eager_static']:.3f}; captured: {e['captured']})")
-            if "graph_vs_none" in row:
-                lines.append("    graphed vs graphed none: " + ", ".join(
-                    f"{k} x{v:.3f}" for k, v in row["graph_vs_none"].items()))
+            for key, label in (("graph_vs_none", "graphed vs graphed none"), ("graph_vs_fixed", "graphed vs graphed fixed")):
+                if key in row:
+                    lines.append(f"    {label}: " + ", ".join(f"{k} x{v:.3f}" for k, v in row[key].items()))
+            if "graph_lens_overhead_vs_exact" in row:
+                lines.append("    graphed lens overhead ms: " + ", ".join(
+                    f"{k} {v:.3f}" for k, v in row["graph_lens_overhead_ms"].items()) + "; / exact's: " + ", ".join(
+                    f"{k} {'n/a' if v is None else f'{v:.2f}'}" for k, v in row["graph_lens_overhead_vs_exact"].items())
+                    + "  (target <= 0.5)")
         brk = r.get("breaks", {})
         if "error" in brk:
             lines.append(f"  breaks: ERROR {brk['error']}")
