@@ -56,8 +56,9 @@ from ..progress import progress
 from ..types import Site, TextActivations, check_finite
 from .base import ActivationSource
 from .encoding import _check_texts, _encode, char_span_to_token_span
+from .reuse import CaptureMemo
 from .shard_cache import CacheWarning, _cache_description, _ShardStore
-from .taps import SiteTaps
+from .taps import AllCaptured, SiteTaps
 from .weights_digest import _tensor_sums, forget_weights_digest, full_weights_digest  # noqa: F401 (re-exported)
 
 __all__ = [
@@ -112,6 +113,14 @@ class HFSourceConfig(ComponentConfig):
         default=True,
         description="Show a progress bar over batches (on terminals only, hidden by `tae -q`; "
         "`TAE_PROGRESS=1` forces it).",
+    )
+    reuse_mb: float = Field(
+        default=256.0,
+        ge=0,
+        description="Keep the activations of a capture call that fits in this many MB in memory "
+        "and serve later requests for the same texts, or for prefixes of them, at the same or "
+        "fewer layers, without a forward pass (a fit captures its texts three times). Tied to the "
+        "model object, every byte of its weights and its forward hooks. `0`: keep nothing.",
     )
 
 
@@ -171,6 +180,15 @@ class HFActivationSource(ActivationSource):
             )
         return self._run(model, tokenizer, texts, spans, encoded, layer_ids, site, adapter)
 
+    @property
+    def memo(self) -> CaptureMemo:
+        """Activations kept between capture calls (see ``reuse_mb``);
+        ``source.memo.clear()`` frees them."""
+        memo = self.__dict__.get("_memo")
+        if memo is None:
+            memo = self.__dict__["_memo"] = CaptureMemo()
+        return memo
+
     def _run(self, model, tokenizer, texts, spans, encoded, layer_ids, site, adapter):
         cfg = self.config
         dtype = _DTYPES[cfg.output_dtype]
@@ -229,6 +247,17 @@ class HFActivationSource(ActivationSource):
                 bar.close()
             distributed.barrier("capturing activations")
 
+        # A single process may stop each forward pass at the last captured site and serve
+        # texts captured before from memory; neither is done across processes or for
+        # weights that accelerate moves in and out (its hooks would be left half-run).
+        local = not distributed.is_distributed() and full_width is None and not _has_offload_hooks(model)
+        memo_key = None
+        if local and cfg.reuse_mb > 0:
+            width = _site_width(adapter, model, site)
+            expected = sum(len(ids) for ids in encoded.ids) * len(layer_ids) * width * dtype.itemsize
+            context = (adapter.name, site, cfg.output_dtype, str(out_device))
+            memo_key = self.memo.begin(model, context, expected, int(cfg.reuse_mb * 2**20))
+
         bar = progress(
             total=len(batches),
             desc=f"capture {site}",
@@ -241,12 +270,32 @@ class HFActivationSource(ActivationSource):
                 if store is not None:
                     result = store.load(b, indices, encoded, layer_ids)
                 if result is None:
-                    result = self._forward_batch(
-                        model, tokenizer, indices, encoded, layer_ids, site, modules,
-                        dtype, in_device, out_device, forward_kwargs, full_width,
-                    )
+                    served = {}
+                    if memo_key is not None:
+                        for i in indices:
+                            acts = self.memo.find(memo_key, encoded.ids[i], tuple(layer_ids))
+                            if acts is not None:
+                                served[i] = TextActivations(
+                                    i, acts, torch.tensor(encoded.ids[i], dtype=torch.long),
+                                    encoded.spans[i], tuple(layer_ids),
+                                )  # fmt: skip
+                    missing = [i for i in indices if i not in served]
+                    if missing:
+                        keep = None
+                        if memo_key is not None:
+                            def keep(i, rows):
+                                self.memo.keep(memo_key, encoded.ids[i], tuple(layer_ids), rows)
+                        for r in self._forward_batch(
+                            model, tokenizer, missing, encoded, layer_ids, site, modules, dtype,
+                            in_device, out_device, forward_kwargs, full_width, stop=local, keep=keep,
+                        ):  # fmt: skip
+                            served[r.index] = r
+                    result = [served[i] for i in indices]
                     if store is not None:
                         store.save(b, result)
+                elif memo_key is not None:  # loaded from the shard cache
+                    for r in result:
+                        self.memo.keep(memo_key, encoded.ids[r.index], r.layers, list(r.acts.clone()))
                 result = [_to_device(r, out_device) for r in result]
                 bar.update(1)
                 yield result
@@ -255,8 +304,11 @@ class HFActivationSource(ActivationSource):
 
     def _forward_batch(
         self, model, tokenizer, indices, encoded, layer_ids, site, modules, dtype, device,
-        out_device, kwargs, full_width=None,
+        out_device, kwargs, full_width=None, stop=False, keep=None,
     ) -> list[TextActivations]:
+        """Run one forward pass over ``indices``; ``stop``: end it once every tap fired;
+        ``keep(index, rows)``: also hand each text's per-layer ``[T, D]`` rows (views of
+        tensors no caller sees) to the memo."""
         ids_list = [encoded.ids[i] for i in indices]
         lengths = [len(x) for x in ids_list]
         width = max(lengths)
@@ -281,29 +333,37 @@ class HFActivationSource(ActivationSource):
             call["use_cache"] = False
         if kwargs.get("logits_to_keep"):
             call["logits_to_keep"] = 1
-        taps = SiteTaps(modules, site, dtype, full_width)
+        taps = SiteTaps(modules, site, dtype, full_width, stop=stop)
         with torch.inference_mode(), taps:
-            model(**call)
+            try:
+                model(**call)
+            except AllCaptured:
+                pass  # every site seen: the rest of the forward pass is not needed
         missing = [layer_ids[k] for k, t in enumerate(taps.captured) if t is None]
         if missing:
             raise TAEError(
                 f"the {site} taps of layers {missing} never fired during the forward pass: the model "
                 "adapter points at modules the model does not run"
             )
-        real = mask.bool()
+        real = None if all(n == width for n in lengths) else mask.bool()
         for layer, t in zip(layer_ids, taps.captured):
-            check_finite(
-                t[real.to(t.device)],
-                f"{site} activations captured at layer {layer} (texts {indices[0]}..{indices[-1]})",
-            )
+            # One reduction over the whole batch; padding is excluded only when it is not finite.
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                check_finite(
+                    t if real is None else t[real.to(t.device)],
+                    f"{site} activations captured at layer {layer} (texts {indices[0]}..{indices[-1]})",
+                )
+        # One transfer per layer, then per-text rows (stacked outside inference mode, so
+        # callers get ordinary tensors, usable with autograd).
+        captured = [t.to(out_device) for t in taps.captured]
         out = []
         for r, i in enumerate(indices):
-            # Stacked outside inference mode: callers get ordinary tensors (usable with autograd).
-            acts = torch.stack([t[r, rows[r]].to(out_device) for t in taps.captured])
+            if keep is not None:
+                keep(i, [t[r, rows[r]] for t in captured])
             out.append(
                 TextActivations(
                     index=i,
-                    acts=acts,
+                    acts=torch.stack([t[r, rows[r]] for t in captured]),
                     input_ids=torch.tensor(encoded.ids[i], dtype=torch.long),
                     span=encoded.spans[i],
                     layers=tuple(layer_ids),
@@ -346,6 +406,20 @@ def _forward_kwargs(model) -> dict[str, bool]:
     except (TypeError, ValueError):
         params = {}
     return {k: k in params for k in ("position_ids", "use_cache", "logits_to_keep")}
+
+
+def _has_offload_hooks(model) -> bool:
+    """Whether accelerate moves some module's weights in and out around its forward."""
+    return any(getattr(m, "_hf_hook", None) is not None for m in model.modules())
+
+
+def _site_width(adapter, model, site) -> int:
+    """Values per token at ``site`` (0 when the adapter cannot say: nothing is kept)."""
+    try:
+        info = adapter.shape(model).site(site)
+        return int(info.num_units * info.unit_dim)
+    except Exception:  # noqa: BLE001 - an adapter without shapes only loses the memo
+        return 0
 
 
 def _to_device(act: TextActivations, device: torch.device) -> TextActivations:

@@ -16,6 +16,11 @@ from ..types import Site
 __all__ = ["SiteTaps"]
 
 
+class AllCaptured(Exception):
+    """Raised by :class:`SiteTaps` with ``stop=True`` once every tap has fired: the rest of
+    the forward pass is not needed. Caught by the caller of the forward pass."""
+
+
 class SiteTaps(contextlib.AbstractContextManager):
     """Copy what enters (``heads``) or leaves (``residual``) a set of modules.
 
@@ -28,17 +33,26 @@ class SiteTaps(contextlib.AbstractContextManager):
         site: ``"heads"`` taps each module's first input (pre-forward);
             ``"residual"`` taps its output (element 0 of a tuple output).
         dtype: dtype of the copies.
+        full_width: the whole site width of a tensor-parallel model (each rank sees a
+            slice, gathered before copying).
+        stop: raise :class:`AllCaptured` as soon as every tap has fired, so the caller
+            can skip the rest of the forward pass (the later modules, the final norm and
+            the vocabulary projection). Only for callers that discard the model's output
+            and catch the exception; the copies are the same as without it.
     """
 
     def __init__(
-        self, modules: Sequence[nn.Module], site: Site, dtype: torch.dtype, full_width: int | None = None
+        self, modules: Sequence[nn.Module], site: Site, dtype: torch.dtype, full_width: int | None = None,
+        stop: bool = False,
     ):
         self.modules = list(modules)
         self.site = site
         self.dtype = dtype
         #: the whole site width of a tensor-parallel model (each rank sees a slice)
         self.full_width = full_width
+        self.stop = stop
         self.captured: list[torch.Tensor | None] = [None] * len(self.modules)
+        self._pending = len(self.modules)
         self._handles: list[Any] = []
 
     def _store(self, slot: int, value: Any) -> None:
@@ -51,7 +65,11 @@ class SiteTaps(contextlib.AbstractContextManager):
             )
         if self.full_width is not None:
             value = distributed.gather_site(value, self.full_width)
+        if self.captured[slot] is None:
+            self._pending -= 1
         self.captured[slot] = value.detach().to(dtype=self.dtype, copy=True)
+        if self.stop and self._pending == 0:
+            raise AllCaptured
 
     def _pre_tap(self, slot: int):
         def tap(module, args, kwargs):

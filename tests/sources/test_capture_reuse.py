@@ -1,0 +1,172 @@
+"""Capture served from memory (``reuse_mb``) and forward passes stopped at the last site.
+
+Values are compared with a hand-written reference: each text alone through the model with
+a plain pre-hook on every layer's attention output projection, no batching, no memory.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tae_framework.models.generic import GenericAdapter
+from tae_framework.sources import hf as hf_module
+from tae_framework.sources.hf import HFActivationSource, capture_all
+from tae_framework.testing.models import tiny_model
+
+PROMPTS = ["Q: Is the sky blue? A:", "Q: 2+2? A:", "Q: Name a colour that is not red. A:", "Q: Hi A:"]
+ANSWERS = [" Yes.", " 4", " Green, or perhaps blue.", " Hello there"]
+TEXTS = [p + a for p, a in zip(PROMPTS, ANSWERS)]
+SPANS = [(len(p), len(p) + len(a)) for p, a in zip(PROMPTS, ANSWERS)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def forwarded(monkeypatch):
+    """Texts the source runs through the model (each forward pass's indices)."""
+    seen: list[list[int]] = []
+    original = hf_module.HFActivationSource._forward_batch
+
+    def counting(self, model, tokenizer, indices, *args, **kwargs):
+        seen.append(list(indices))
+        return original(self, model, tokenizer, indices, *args, **kwargs)
+
+    monkeypatch.setattr(hf_module.HFActivationSource, "_forward_batch", counting)
+    return seen
+
+
+def reference(model, tok, text: str, layers) -> torch.Tensor:
+    """``[L, T, H*d]``: the o_proj inputs of one text, run alone through the whole model."""
+    got = {}
+    handles = [
+        model.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(
+            lambda m, args, layer=layer: got.__setitem__(layer, args[0][0].detach().clone())
+        )
+        for layer in layers
+    ]
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.tensor([tok(text)["input_ids"]]))
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.stack([got[layer] for layer in layers])
+
+
+def capture(src, model, tok, texts, spans=None, layers=None):
+    return capture_all(src, model, tok, texts, spans, layers, adapter=GenericAdapter())
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_repeat_prefix_and_layer_subset_are_served_from_memory(forwarded, padding_side):
+    model, tok = tiny_model("llama")
+    src = HFActivationSource(batch_size=3, progress=False, padding_side=padding_side)
+    full = capture(src, model, tok, TEXTS, SPANS)
+    assert sorted(i for b in forwarded for i in b) == [0, 1, 2, 3]
+    forwarded.clear()
+    # A fit's later passes: some layers of a subset of the texts, and the prompts alone.
+    sub = capture(src, model, tok, [TEXTS[3], TEXTS[1]], [SPANS[3], SPANS[1]], layers=[1])
+    prompts = capture(src, model, tok, PROMPTS, layers=[0, 1])
+    assert forwarded == []
+    for a, i in zip(sub, (3, 1)):
+        torch.testing.assert_close(a.acts, reference(model, tok, TEXTS[i], [1]), rtol=1e-5, atol=1e-6)
+        assert a.span == full[i].span and a.layers == (1,)
+        assert torch.equal(a.input_ids, full[i].input_ids)
+    for a, p in zip(prompts, PROMPTS):
+        torch.testing.assert_close(a.acts, reference(model, tok, p, [0, 1]), rtol=1e-5, atol=1e-6)
+        assert a.acts.is_contiguous()
+    # A text that is neither kept nor a prefix of a kept one is computed.
+    new = capture(src, model, tok, [PROMPTS[0], "Q: Why? A: Because."], layers=[1])
+    assert forwarded == [[1]]
+    torch.testing.assert_close(new[1].acts, reference(model, tok, "Q: Why? A: Because.", [1]), rtol=1e-5, atol=1e-6)
+
+
+def test_served_tensors_are_copies(forwarded):
+    model, tok = tiny_model("llama")
+    src = HFActivationSource(batch_size=4, progress=False)
+    first = capture(src, model, tok, TEXTS)
+    expected = first[0].acts.clone()
+    first[0].acts.mul_(0)  # a consumer writing into what it got
+    again = capture(src, model, tok, TEXTS[:1])
+    again[0].acts.add_(1)
+    third = capture(src, model, tok, TEXTS[:1])
+    assert len(forwarded) == 1
+    assert torch.equal(third[0].acts, expected)
+
+
+def test_a_weight_edit_through_data_is_not_served_stale(forwarded):
+    model, tok = tiny_model("llama", fresh=True)
+    src = HFActivationSource(batch_size=4, progress=False)
+    before = capture(src, model, tok, TEXTS)
+    with torch.no_grad():  # .data bypasses PyTorch's version counters
+        model.model.layers[0].self_attn.v_proj.weight.data[:, 0] += 0.5
+    forwarded.clear()
+    after = capture(src, model, tok, TEXTS[:2], layers=[1])
+    assert forwarded == [[0, 1]]
+    assert not torch.allclose(after[0].acts, before[0].acts[1:2])
+    torch.testing.assert_close(after[0].acts, reference(model, tok, TEXTS[0], [1]), rtol=1e-5, atol=1e-6)
+
+
+def test_an_edit_hook_is_not_served_unedited_activations(forwarded):
+    model, tok = tiny_model("llama")
+    src = HFActivationSource(batch_size=4, progress=False)
+    plain = capture(src, model, tok, TEXTS)
+    forwarded.clear()
+    handle = model.model.layers[0].register_forward_hook(lambda m, a, out: (out[0] * 2, *out[1:]) if isinstance(out, tuple) else out * 2)
+    try:
+        edited = capture(src, model, tok, TEXTS[:1], layers=[1])
+    finally:
+        handle.remove()
+    assert forwarded == [[0]]
+    assert not torch.allclose(edited[0].acts, plain[0].acts[1:2])
+    forwarded.clear()
+    capture(src, model, tok, TEXTS[:1], layers=[1])  # the hook is gone: served again
+    assert forwarded == []
+
+
+def test_budget_and_reuse_off(forwarded):
+    model, tok = tiny_model("llama")
+    for kw in ({"reuse_mb": 0}, {"reuse_mb": 1e-4}):  # 0 = off; 1e-4 MB = 104 bytes, too small
+        forwarded.clear()
+        src = HFActivationSource(batch_size=4, progress=False, **kw)
+        capture(src, model, tok, TEXTS)
+        capture(src, model, tok, TEXTS)
+        assert len(forwarded) == 2, kw
+        assert src.memo.nbytes == 0
+    src = HFActivationSource(batch_size=4, progress=False)
+    capture(src, model, tok, TEXTS)
+    assert src.memo.nbytes > 0
+    src.memo.clear()
+    capture(src, model, tok, TEXTS)
+    assert len(forwarded) == 4
+
+
+@pytest.mark.parametrize("site", ["heads", "residual"])
+def test_the_forward_pass_stops_after_the_last_captured_site(site):
+    model, tok = tiny_model("llama")
+    later = []
+    src = HFActivationSource(batch_size=2, progress=False, reuse_mb=0)
+    handles = [
+        model.model.layers[1].register_forward_pre_hook(lambda *a: later.append("layer 1")),
+        model.model.norm.register_forward_pre_hook(lambda *a: later.append("norm")),
+    ]
+    try:
+        acts = capture_all(src, model, tok, TEXTS, layers=[0], site=site, adapter=GenericAdapter())
+        assert later == []  # nothing after layer 0 ran
+        full = capture_all(src, model, tok, TEXTS, site=site, adapter=GenericAdapter())
+        assert "layer 1" in later
+    finally:
+        for h in handles:
+            h.remove()
+    for a, f in zip(acts, full):
+        assert torch.equal(a.acts[0], f.acts[0])
+    if site == "heads":
+        for a, text in zip(acts, TEXTS):
+            torch.testing.assert_close(a.acts, reference(model, tok, text, [0]), rtol=1e-5, atol=1e-6)
