@@ -172,8 +172,10 @@ def test_load_model_with_a_device_map_and_an_offload_folder(models, tmp_path):
     model.save_pretrained(tmp_path / "m")
     auto, _ = load_model(tmp_path / "m", dtype="float32", device="auto", offload_folder=tmp_path / "off")
     enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    first = auto.get_input_embeddings().weight.device  # a GPU when there is one, else the CPU
     with torch.no_grad():
-        torch.testing.assert_close(auto(**enc).logits, model(**enc).logits, rtol=0, atol=1e-5)
+        got = auto(**{k: v.to(first) for k, v in enc.items()}).logits.cpu()
+        torch.testing.assert_close(got, model(**enc).logits, rtol=0, atol=1e-5)
     with pytest.raises(ConfigError, match="offload_folder is used with device='auto'"):
         load_model(tmp_path / "m", device="cpu", offload_folder=tmp_path / "off")
 
