@@ -128,7 +128,7 @@ def test_shipped_organism_was_trained_with_the_pinned_recipe():
     assert TrainConfig.model_validate(recipe).model_copy(update={"num_threads": 2}) == TrainConfig()
 
 
-@pytest.mark.slow
+@pytest.mark.retrain
 def test_retraining_from_scratch_reproduces_the_shipped_organism(tmp_path):
     """Retrain with the pinned recipe and compare with the shipped files.
 
