@@ -6,6 +6,12 @@ What is measured (``pytest benchmarks/test_bench_fit.py --benchmark-enable -s``)
   ``tae demo`` fits it (one torch thread): wall-clock and CPU seconds of every role,
   and the sha256 of the saved ``tensors.safetensors`` (to compare with other commits:
   the fitted tensors must stay byte-identical).
+* The same fit with a plain reference capture (:class:`PlainCapture`: batches in input
+  order, a full forward pass with plain pre-hooks, nothing kept between the fit's three
+  capture passes, nothing skipped) against the framework's source, fresh pipelines,
+  interleaved: the saved ``tensors.safetensors`` must be byte-identical, and the ratio
+  of CPU seconds of the whole fit (min / min) is reported and bounded. The comparison
+  with an older commit of the whole framework is ``benchmarks/fit_against_commit.py``.
 * The ``mai`` estimator's fit on that run's token data, with BLAS/OpenMP limited to one
   thread per head (the estimator) against the same scikit-learn fits under the
   process's default pools (the straightforward loop the estimator used before): min
@@ -31,6 +37,8 @@ from sklearn.linear_model import LogisticRegression
 from tae_framework import AlignmentPipeline
 from tae_framework.estimators import mai
 from tae_framework.estimators.mai import TokenMisalignmentEstimator
+from tae_framework.sources.base import ActivationSource
+from tae_framework.types import TextActivations
 
 OVR = {"source": {"batch_size": 64, "progress": False}}
 
@@ -98,8 +106,118 @@ def organism(request, tmp_path_factory):
         + "; ".join(f"{k} {v[0]:.2f} s wall / {v[1]:.2f} s CPU" for k, v in stages.items())
         + f"; tensors.safetensors sha256 {digest}",
     )
-    yield {"model": model, "tok": tok, "world": world, "data": data, "pipe": pipe, "inputs": seen["inputs"]}
+    yield {
+        "model": model, "tok": tok, "world": world, "data": data, "pipe": pipe, "inputs": seen["inputs"],
+        "digest": digest,
+    }
     torch.set_num_threads(previous)
+
+
+class PlainCapture(ActivationSource):
+    """The reference capture: texts in input order, 64 per batch, right padding, one full
+    forward pass per batch with a plain pre-hook copying every captured layer's o_proj
+    input, each text's rows sliced out. Nothing is kept between calls, nothing skipped."""
+
+    name = "plain-reference"
+    batch_size = 64
+
+    def capture(self, model, tokenizer, texts, spans=None, layers=None, site="heads", adapter=None):
+        assert site == "heads"
+        layers = list(range(model.config.num_hidden_layers)) if layers is None else [int(x) for x in layers]
+        for start in range(0, len(texts), self.batch_size):
+            chunk = list(texts[start : start + self.batch_size])
+            enc = tokenizer(chunk, return_offsets_mapping=True)
+            lengths = [len(ids) for ids in enc["input_ids"]]
+            ids = torch.full((len(chunk), max(lengths)), int(tokenizer.pad_token_id or 0), dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, row in enumerate(enc["input_ids"]):
+                ids[r, : len(row)] = torch.tensor(row)
+                mask[r, : len(row)] = 1
+            got = {}
+            hooks = [
+                model.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(
+                    lambda m, args, layer=layer, got=got: got.__setitem__(layer, args[0].detach().clone())
+                )
+                for layer in layers
+            ]
+            try:
+                with torch.no_grad():
+                    model(input_ids=ids, attention_mask=mask)
+            finally:
+                for h in hooks:
+                    h.remove()
+            out = []
+            for r in range(len(chunk)):
+                n, i = lengths[r], start + r
+                span = (0, n)
+                if spans is not None:
+                    s, e = spans[i]
+                    hits = [k for k, (a, b) in enumerate(enc["offset_mapping"][r]) if b > a and a < e and b > s]
+                    span = (hits[0], hits[-1] + 1)
+                acts = torch.stack([got[layer][r, :n] for layer in layers])
+                out.append(TextActivations(i, acts, torch.tensor(enc["input_ids"][r]), span, tuple(layers)))
+            yield out
+
+
+def _fit_cpu(model, tok, data, source=None) -> tuple[float, float, str, AlignmentPipeline, str]:
+    """(CPU seconds of the fit, CPU seconds outside the aggregator/prober/estimator, sha256
+    of the saved tensors, the pipeline, folder) for a fresh ``tae`` pipeline."""
+    import tempfile
+
+    pipe = AlignmentPipeline.from_preset("tae", **OVR)
+    if source is not None:
+        pipe.source = source
+    roles = [0.0]
+
+    def timed(obj, method):
+        fn = getattr(obj, method)
+
+        def wrapper(*args, **kwargs):
+            c = time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                roles[0] += time.process_time() - c
+
+        setattr(obj, method, wrapper)
+
+    timed(pipe.aggregator, "aggregate")
+    timed(pipe.prober, "fit")
+    timed(pipe.estimator, "fit")
+    c = time.process_time()
+    pipe.fit(model, tok, data)
+    total = time.process_time() - c
+    folder = tempfile.mkdtemp(prefix="tae-fit-")
+    pipe.source = AlignmentPipeline.from_preset("tae", **OVR).source  # saved like any preset fit
+    out = pipe.save(f"{folder}/pipe")
+    digest = hashlib.sha256((out / "tensors.safetensors").read_bytes()).hexdigest()
+    return total, total - roles[0], digest, pipe, folder
+
+
+def test_fit_against_a_plain_reference_capture(request, organism):
+    model, tok, data = organism["model"], organism["tok"], organism["data"]
+    rounds = 3 if _benchmarking_enabled(request.config) else 1
+    ours, plain, digests = [], [], set()
+    for _ in range(rounds):  # interleaved, fresh pipelines (nothing kept from an earlier fit)
+        total, capture, digest, _, _ = _fit_cpu(model, tok, data)
+        ours.append((total, capture))
+        digests.add(("ours", digest))
+        total, capture, digest, _, _ = _fit_cpu(model, tok, data, PlainCapture())
+        plain.append((total, capture))
+        digests.add(("plain", digest))
+    assert len({d for _, d in digests}) == 1, f"saved tensors differ: {sorted(digests)}"
+    assert digests == {("ours", organism["digest"]), ("plain", organism["digest"])}
+    ratio = min(t for t, _ in plain) / min(t for t, _ in ours)
+    share = [c / t for t, c in ours]
+    _say(
+        request.config,
+        f"\ntae preset on the organism, CPU seconds (total / capture and glue), {rounds} interleaved rounds: "
+        f"plain reference capture {[f'{t:.2f} / {c:.2f}' for t, c in plain]}; "
+        f"ours {[f'{t:.2f} / {c:.2f}' for t, c in ours]} (capture share {min(share):.0%}-{max(share):.0%}); "
+        f"whole fit ratio (min / min) {ratio:.2f}x; tensors.safetensors byte-identical "
+        f"(sha256 {organism['digest'][:16]}...)",
+    )
+    assert ratio >= (1.3 if _benchmarking_enabled(request.config) else 1.0)
 
 
 def _estimator_design(inputs, label_match):
