@@ -46,6 +46,8 @@ __all__ = [
     "SignalPlan",
     "StrengthRule",
     "layer_edits",
+    "plan_from_state",
+    "plan_to_state",
     "plan_values",
 ]
 
@@ -275,3 +277,81 @@ def plan_values(obj: Any) -> list[Any]:
         else:
             out.append(value)
     return out
+
+
+# -- plain form: JSON values + named tensors (safetensors), for shipping a plan elsewhere ---
+PLAN_FORMAT = 1
+
+
+def plan_to_state(plan: EditPlan) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(meta, tensors)``: the plan as JSON-serialisable values and named CPU tensors
+    (what ``safetensors`` stores), e.g. to send it to the worker processes of a serving
+    engine without pickle. :func:`plan_from_state` rebuilds it.
+
+    Raises:
+        ConfigError: the plan carries :class:`BoundSignals` (an estimator object, not data).
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    layers = []
+    for lp in plan.layers:
+        for f in ("units", "directions", "scales", "target_index"):
+            tensors[f"layer{lp.layer}/{f}"] = getattr(lp, f).detach().cpu().contiguous()
+        layers.append(lp.layer)
+    meta: dict[str, Any] = {"format": PLAN_FORMAT, "site": plan.site, "layers": layers}
+    rule = plan.strength
+    if isinstance(rule, FixedStrength):
+        meta["strength"] = {"rule": "fixed"}
+        return meta, tensors
+    sig = rule.signals
+    if not isinstance(sig, ProbeLensSignals):
+        raise ConfigError(
+            f"signals of kind '{sig.name}' ({type(sig).__name__}) are not plain data and cannot be "
+            "written out: give the estimator a signal_plan() that returns a data description"
+        )
+    for layer, probe in sig.probes.items():
+        for f in ("units", "weight", "bias"):
+            tensors[f"probe{layer}/{f}"] = getattr(probe, f).detach().cpu().contiguous()
+    meta["strength"] = {
+        "rule": "adaptive", "beta": rule.beta, "use_p": rule.use_p, "use_u": rule.use_u,
+        "use_base": rule.use_base,
+        "signals": {
+            "kind": sig.name, "site": sig.site, "unit_dim": sig.unit_dim, "layers": sorted(sig.probes),
+            "lens": sig.lens, "gain": sig.gain, "lens_final_norm": sig.lens_final_norm,
+            "lens_dtype": sig.lens_dtype,
+        },
+    }  # fmt: skip
+    return meta, tensors
+
+
+def plan_from_state(meta: dict[str, Any], tensors: Mapping[str, torch.Tensor]) -> EditPlan:
+    """Rebuild a plan written by :func:`plan_to_state`.
+
+    Raises:
+        ConfigError: an unknown format, rule or signal kind, or a missing tensor (named).
+    """
+    if meta.get("format") != PLAN_FORMAT:
+        raise ConfigError(f"edit plan format {meta.get('format')!r} is not {PLAN_FORMAT}: write the plan again")
+
+    def get(key: str) -> torch.Tensor:
+        if key not in tensors:
+            raise ConfigError(f"the edit plan's tensors lack {key!r}: write the plan again")
+        return tensors[key]
+
+    layers = tuple(
+        LayerPlan(int(layer), *(get(f"layer{layer}/{f}") for f in ("units", "directions", "scales", "target_index")))
+        for layer in meta["layers"]
+    )
+    st = meta["strength"]
+    if st["rule"] == "fixed":
+        return EditPlan(meta["site"], layers, FixedStrength())
+    if st["rule"] != "adaptive":
+        raise ConfigError(f"unknown strength rule {st['rule']!r} in the edit plan: use 'fixed' or 'adaptive'")
+    sg = st["signals"]
+    if sg["kind"] != ProbeLensSignals.name:
+        raise ConfigError(f"unknown signal kind {sg['kind']!r} in the edit plan: known is '{ProbeLensSignals.name}'")
+    probes = {int(layer): LayerProbe(*(get(f"probe{layer}/{f}") for f in ("units", "weight", "bias"))) for layer in sg["layers"]}
+    signals = ProbeLensSignals(
+        sg["site"], int(sg["unit_dim"]), probes, sg["lens"], float(sg["gain"]), bool(sg["lens_final_norm"]), sg["lens_dtype"]
+    )
+    rule = AdaptiveStrength(signals, float(st["beta"]), bool(st["use_p"]), bool(st["use_u"]), bool(st["use_base"]))
+    return EditPlan(meta["site"], layers, rule)

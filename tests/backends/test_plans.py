@@ -278,3 +278,39 @@ def test_a_backend_is_a_small_class(tae):
         with pipe.apply(model, "all"):
             reference = model(IDS).logits
     assert Counting.installs == 1 and torch.equal(ours, reference)
+
+
+def test_a_plan_written_as_json_and_safetensors_installs_the_same_edit(tae, tmp_path):
+    """The plain form a serving engine would receive (no pickle): JSON + safetensors files."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from tae_framework.plan import plan_from_state, plan_to_state
+
+    pipe, model, tok = tae
+    adapter = pipe._adapter(model)
+    for scope in ("all", "last"):
+        plan = pipe.intervener.plan(scope)
+        meta, tensors = plan_to_state(plan)
+        (tmp_path / "plan.json").write_text(json.dumps(meta))
+        save_file(tensors, tmp_path / "plan.safetensors")
+        back = plan_from_state(json.loads((tmp_path / "plan.json").read_text()), load_file(tmp_path / "plan.safetensors"))
+        assert isinstance(back.strength.signals, ProbeLensSignals) and back.edited_layers == plan.edited_layers
+        with torch.no_grad():
+            with install_plan(plan, model, adapter, scope):
+                a = model(IDS).logits
+            with install_plan(back, model, adapter, scope):
+                b = model(IDS).logits
+        assert torch.equal(a, b)
+    fixed = FixedIntervener(alpha=2.0).fit(pipe.targets_).plan("all")
+    meta, tensors = plan_to_state(fixed)
+    assert meta["strength"] == {"rule": "fixed"}
+    back = plan_from_state(meta, tensors)
+    assert all(torch.equal(x.directions, y.directions) and torch.equal(x.scales, y.scales) for x, y in zip(fixed.layers, back.layers))
+    del tensors[f"layer{fixed.layers[0].layer}/scales"]
+    with pytest.raises(ConfigError, match="lack 'layer"):
+        plan_from_state(meta, tensors)
+    bound = EditPlan.from_targets(pipe.targets_, 1.0, AdaptiveStrength(BoundSignals(_Constant(), pipe.targets_), beta=0.5))
+    with pytest.raises(ConfigError, match="'bound'.*not plain data"):
+        plan_to_state(bound)
