@@ -4,7 +4,7 @@
 
 Each fit runs in a fresh process (``tae demo``'s settings: batch size 64, one torch
 thread unless ``--threads``), alternating between the two trees so both see the same
-machine load. The older tree comes from ``git archive`` into a temporary folder and runs
+machine load (``--capture-threads N`` sets this tree's source ``num_threads``). The older tree comes from ``git archive`` into a temporary folder and runs
 with this checkout's virtual environment. Printed per fit: CPU and wall seconds of the
 whole fit, of the aggregator, prober and estimator, the rest (activation capture and
 the pipeline's own work) and the sha256 of the saved ``tensors.safetensors`` file and of its tensors' names, shapes,
@@ -40,7 +40,10 @@ from tae_framework.organism import fitting_data, load
 assert tae_framework.__file__.startswith(sys.argv[1]), tae_framework.__file__
 model, tok, world = load()
 data = fitting_data(world)
-pipe = AlignmentPipeline.from_preset("tae", source={"batch_size": 64, "progress": False})
+source = {"batch_size": 64, "progress": False}
+if sys.argv[3] != "none":
+    source["num_threads"] = int(sys.argv[3])
+pipe = AlignmentPipeline.from_preset("tae", source=source)
 roles = {}
 def timed(obj, method, name):
     fn = getattr(obj, method)
@@ -69,10 +72,10 @@ print(json.dumps({"wall": wall, "cpu": cpu, **roles, "capture_and_rest": cpu - s
 """
 
 
-def _fit(tree: Path, threads: int) -> dict:
+def _fit(tree: Path, threads: int, capture_threads: int | None = None) -> dict:
     env = dict(os.environ, PYTHONWARNINGS="ignore", TAE_PROGRESS="0")
     run = subprocess.run(
-        [sys.executable, "-c", ONE_FIT, str(tree), str(threads)],
+        [sys.executable, "-c", ONE_FIT, str(tree), str(threads), str(capture_threads or "none")],
         capture_output=True, text=True, env=env, cwd=tempfile.gettempdir(), check=False,
     )  # fmt: skip
     if run.returncode:
@@ -89,6 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--commit", default="8653571", help="the older commit (default: %(default)s)")
     ap.add_argument("--rounds", type=int, default=3, help="fits per tree (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    ap.add_argument(
+        "--capture-threads", type=int, default=None,
+        help="this tree only: the source's num_threads (torch threads of the capture's forward passes)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tae-commit-") as tmp:
         archive = Path(tmp) / "old.tar"
@@ -101,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"load average before: {os.getloadavg()}")
         for r in range(args.rounds):
             for name, tree in (("old", old), ("new", ROOT)):
-                res = _fit(tree, args.threads)
+                res = _fit(tree, args.threads, args.capture_threads if name == "new" else None)
                 got[name].append(res)
                 print(f"round {r} {name}: " + json.dumps({k: (round(v, 2) if isinstance(v, float) else v[:16]) for k, v in res.items()}))
         print(f"load average after: {os.getloadavg()}")

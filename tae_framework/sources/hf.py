@@ -37,6 +37,7 @@ mapping (:mod:`~tae_framework.sources.encoding`), the taps
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import warnings
 from collections.abc import Iterator, Sequence
@@ -113,6 +114,13 @@ class HFSourceConfig(ComponentConfig):
         default=True,
         description="Show a progress bar over batches (on terminals only, hidden by `tae -q`; "
         "`TAE_PROGRESS=1` forces it).",
+    )
+    num_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch intra-op threads during each forward pass of a model on the CPU (the "
+        "caller's setting is restored around it). `1` on a shared or busy machine, where idle "
+        "OpenMP threads spin while waiting for a taken core. `None`: torch's current setting.",
     )
     reuse_mb: float = Field(
         default=256.0,
@@ -334,7 +342,8 @@ class HFActivationSource(ActivationSource):
         if kwargs.get("logits_to_keep"):
             call["logits_to_keep"] = 1
         taps = SiteTaps(modules, site, dtype, full_width, stop=stop)
-        with torch.inference_mode(), taps:
+        threads = self.config.num_threads if device.type == "cpu" else None
+        with torch.inference_mode(), taps, _torch_threads(threads):
             try:
                 model(**call)
             except AllCaptured:
@@ -406,6 +415,20 @@ def _forward_kwargs(model) -> dict[str, bool]:
     except (TypeError, ValueError):
         params = {}
     return {k: k in params for k in ("position_ids", "use_cache", "logits_to_keep")}
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` inside the block (``None``: unchanged)."""
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _has_offload_hooks(model) -> bool:

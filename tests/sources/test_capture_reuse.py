@@ -1,4 +1,5 @@
-"""Capture served from memory (``reuse_mb``) and forward passes stopped at the last site.
+"""Capture served from memory (``reuse_mb``), forward passes stopped at the last site, and
+the torch thread count of the forward passes (``num_threads``).
 
 Values are compared with a hand-written reference: each text alone through the model with
 a plain pre-hook on every layer's attention output projection, no batching, no memory.
@@ -170,3 +171,25 @@ def test_the_forward_pass_stops_after_the_last_captured_site(site):
     if site == "heads":
         for a, text in zip(acts, TEXTS):
             torch.testing.assert_close(a.acts, reference(model, tok, text, [0]), rtol=1e-5, atol=1e-6)
+
+
+def test_num_threads_applies_to_the_forward_pass_only():
+    model, tok = tiny_model("llama")
+    seen = []
+    handle = model.register_forward_pre_hook(lambda *a: seen.append(torch.get_num_threads()))
+    torch.set_num_threads(2)
+    try:
+        src = HFActivationSource(batch_size=2, progress=False, num_threads=1, reuse_mb=0)
+        batches = src.capture(model, tok, TEXTS, layers=[0], adapter=GenericAdapter())
+        first = next(batches)
+        assert torch.get_num_threads() == 2  # the caller's setting between batches
+        acts = first + [a for b in batches for a in b]
+        assert torch.get_num_threads() == 2
+        default = capture(HFActivationSource(batch_size=2, progress=False, reuse_mb=0), model, tok, TEXTS[:1], layers=[0])
+    finally:
+        handle.remove()
+        torch.set_num_threads(1)
+    assert seen == [1, 1, 2]
+    for a, text in zip(acts, TEXTS):
+        torch.testing.assert_close(a.acts, reference(model, tok, text, [0]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(default[0].acts, acts[0].acts, rtol=1e-5, atol=1e-6)
