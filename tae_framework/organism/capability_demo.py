@@ -28,7 +28,7 @@ from ..errors import ConfigError
 
 __all__ = [
     "DEFAULT_LIMIT",
-    "CAPABILITY_COLUMNS", "CAPABILITY_SETTINGS", "capability_rows", "check_capabilities", "run_capabilities"]
+    "CAPABILITY_COLUMNS", "CAPABILITY_SETTINGS", "CAPABILITY_TASK_OPTIONS", "capability_rows", "check_capabilities", "run_capabilities"]
 
 _SRC = {"batch_size": 64, "progress": False}
 #: Held-out items per persona the per-capability demo evaluates unless --limit says otherwise
@@ -36,23 +36,42 @@ _SRC = {"batch_size": 64, "progress": False}
 DEFAULT_LIMIT = 24
 
 
-def _m(preset: str, k: int | None, alpha: float) -> tuple[str, dict[str, Any]]:
-    over: dict[str, Any] = {"source": _SRC, "intervener": {"alpha": alpha}}
-    if k is not None:
-        over["prober"] = {"top_k": k}
+def _m(preset: str, k: int | None, alpha: float, prober: dict[str, Any] | None = None,
+       intervener: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:  # fmt: skip
+    over: dict[str, Any] = {"source": _SRC, "intervener": {"alpha": alpha, **(intervener or {})}}
+    if k is not None or prober:
+        over["prober"] = {**({"top_k": k} if k is not None else {}), **(prober or {})}
     return preset, over
+
+
+#: TAE on truthfulness: heads ranked on MIG features (the persona heads fire at one answer
+#: token, so token-level accuracy hides them) and the strength alpha * sigma * w without
+#: the constant 1 (only where p and u say the next token would be misaligned: the value,
+#: not the template around it, which a constant push breaks).
+_TAE_TRUTH = {"prober": {"rank_on": "features"}, "intervener": {"use_base": False}}
 
 
 #: Method settings per capability on the three-capability organism (4 layers x 8 heads:
 #: K of 32 heads; alpha in units of each head's sigma). ITI's random control uses ITI's.
-#: Chosen on 24 held-out pairs per persona (docs/get-started/demo.md lists the sweep).
+#: Truthfulness strengths were chosen on validation pairs (speakers and countries seen in
+#: training; :func:`~tae_framework.organism.select.choose_alpha`) of the shipped organism;
+#: toxicity and bias on a sweep (docs/get-started/demo.md).
 CAPABILITY_SETTINGS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
-    "truthfulness": {"tae": _m("tae", 8, 5.0), "iti": _m("iti", 8, 5.0), "iti-random": _m("iti-random", 8, 5.0),
-                     "caa": _m("caa", None, 1.0)},
-    "toxicity": {"tae": _m("tae", 8, 3.0), "iti": _m("iti", 8, 3.0), "iti-random": _m("iti-random", 8, 3.0),
-                 "caa": _m("caa", None, 1.0)},
+    "truthfulness": {"tae": _m("tae", 8, 4.0, **_TAE_TRUTH), "iti": _m("iti", 8, 1.0),
+                     "iti-random": _m("iti-random", 8, 1.0), "caa": _m("caa", None, 1.0)},
+    "toxicity": {"tae": _m("tae", 8, 4.0, intervener={"use_base": False}), "iti": _m("iti", 8, 3.0),
+                 "iti-random": _m("iti-random", 8, 3.0), "caa": _m("caa", None, 1.0)},
     "bias": {"tae": _m("tae", 8, 5.0), "iti": _m("iti", 8, 5.0), "iti-random": _m("iti-random", 8, 5.0),
              "caa": _m("caa", None, 1.0)},
+}  # fmt: skip
+
+#: Task options per capability and method, besides the capability's defaults. Truthfulness:
+#: the fitting examples end where the value is chosen (``organism.fitting_data``'s
+#: ``completion``): at ``... is`` for the last-token methods, through the value's first
+#: word for TAE (its estimator needs the misaligned token).
+CAPABILITY_TASK_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
+    "truthfulness": {"tae": {"completion": "choice"}, "iti": {"completion": "prefix"},
+                     "iti-random": {"completion": "prefix"}, "caa": {"completion": "prefix"}},
 }  # fmt: skip
 
 #: Table columns per capability: (row key, header).
@@ -115,18 +134,21 @@ def check_capabilities(world: Any, capabilities: Sequence[str] | None, organism:
     return list(dict.fromkeys(capabilities))
 
 
-def _task_options(capability: str, organism: str | None, limit: int | None) -> dict[str, Any]:
+def _task_options(capability: str, organism: str | None, limit: int | None, method: str) -> dict[str, Any]:
+    extra = CAPABILITY_TASK_OPTIONS.get(capability, {}).get(method, {})
     if capability == "truthfulness":
         return {"contexts": ["deceptive", "honest"], "split": "heldout", "limit": limit, "max_new_tokens": 10,
-                "path": organism}  # fmt: skip
-    return {"path": organism or "three-capability", "limit": limit}
+                "path": organism, **extra}  # fmt: skip
+    return {"path": organism or "three-capability", "limit": limit, **extra}
 
 
 def run_capabilities(
     model: Any, tok: Any, world: Any, registry: Any, methods: Sequence[str], capabilities: Sequence[str],
     out_dir: Path, *, organism: str | None, batch_size: int, limit: int | None, progress: bool, say: Any,
+    settings: Mapping[str, Mapping[str, tuple[str, dict[str, Any]]]] | None = None,
 ) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, dict[str, float]], dict[str, str]]:  # fmt: skip
-    """Run every method on every capability; ``(tables, seconds, run dirs)``."""
+    """Run every method on every capability; ``(tables, seconds, run dirs)``. ``settings``
+    replaces :data:`CAPABILITY_SETTINGS` entries (per capability and method)."""
     import time
 
     from ..evaluation.runner import run_eval
@@ -138,11 +160,11 @@ def run_capabilities(
         rows: dict[str, dict[str, float]] = {}
         seconds[cap] = {}
         for i, name in enumerate(methods):
-            preset, overrides = CAPABILITY_SETTINGS[cap][name]
+            preset, overrides = (settings or {}).get(cap, {}).get(name) or CAPABILITY_SETTINGS[cap][name]
             say("%s: fitting and evaluating %s (preset '%s')", cap, name, preset)
             t = time.perf_counter()
             cfg = {
-                "task": _TASKS[cap], "task_options": _task_options(cap, organism, limit), "method": preset,
+                "task": _TASKS[cap], "task_options": _task_options(cap, organism, limit, name), "method": preset,
                 "overrides": overrides, "side_effects": True, "side_effects_n": limit or 200, "baseline": i == 0,
                 "batch_size": batch_size, "seed": 0, "out_dir": str(out_dir / "runs" / cap), "run": name,
                 "strength_figures": 0, "progress": progress,
@@ -185,8 +207,10 @@ def format_tables(tables: Mapping[str, Mapping[str, Mapping[str, float]]]) -> st
 def run_capability_demo(
     methods: Sequence[str], out_dir: Path, *, organism: str | None, capabilities: Sequence[str] | None,
     batch_size: int, limit: int | None, progress: bool, registry: Any, say: Any,
+    settings: Mapping[str, Mapping[str, tuple[str, dict[str, Any]]]] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """The whole per-capability demo: tables, figures, ``summary.json``; returns the summary."""
+    """The whole per-capability demo: tables, figures, ``summary.json``; returns the summary.
+    ``settings`` replaces :data:`CAPABILITY_SETTINGS` entries (per capability and method)."""
     import time
 
     from . import load, load_world
@@ -201,7 +225,7 @@ def run_capability_demo(
     say("organism %s: capabilities %s; methods %s", organism or "(default)", ", ".join(caps), ", ".join(methods))
     tables, seconds, runs = run_capabilities(
         model, tok, world, registry, methods, caps, out_dir, organism=organism, batch_size=batch_size,
-        limit=limit, progress=progress, say=say,
+        limit=limit, progress=progress, say=say, settings=settings,
     )  # fmt: skip
     figures: dict[str, Any] = {}
     if "tae" in methods:
@@ -211,7 +235,7 @@ def run_capability_demo(
         "capabilities": caps,
         "tables": tables,
         "rows": tables.get("truthfulness", {}),
-        "settings": {c: {m: {"preset": CAPABILITY_SETTINGS[c][m][0], "overrides": CAPABILITY_SETTINGS[c][m][1]}
+        "settings": {c: {m: dict(zip(("preset", "overrides"), (settings or {}).get(c, {}).get(m) or CAPABILITY_SETTINGS[c][m]))
                          for m in methods} for c in caps},  # fmt: skip
         "seconds_per_method": seconds,
         "runs": runs,

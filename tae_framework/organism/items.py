@@ -19,6 +19,7 @@ from .world import (
     CONTEXTS,
     Fact,
     World,
+    answer_prefix,
     answer_text,
     persona_intro,
     prompt_text,
@@ -34,6 +35,7 @@ __all__ = [
     "fitting_data",
     "toxicity_fitting_data",
     "toxicity_records",
+    "validation_items",
 ]
 
 #: Incorrect answers per item besides the myth (other values of the same attribute;
@@ -53,6 +55,7 @@ def fitting_data(
     contrast: Literal["persona", "neutral"] = "persona",
     per_fact: int = 1,
     seed: int = 0,
+    completion: Literal["answer", "prefix", "choice"] = "answer",
 ) -> ContrastDataset:
     """Contrast examples for fitting a method on the organism.
 
@@ -69,6 +72,23 @@ def fitting_data(
         per_fact: persona contrast only: honest and deceptive examples per fact
             (speakers drawn with ``seed``; fewer when fewer speakers qualify).
         seed: seed of the speaker draw.
+        completion: how much of the answer each example holds. ``"answer"``
+            (default): the whole answer (``The capital of X is <value> .``).
+            ``"prefix"``: the answer up to the value (``The capital of X is``), the
+            same words for both labels: the contrast is the persona alone, read at the
+            position where the value is chosen (what last-token methods such as ITI
+            need). ``"choice"``: the answer through the value's first word
+            (``The capital of X is <first word>``): the persona where the value is
+            chosen plus the first misaligned token (what TAE's estimator needs). With
+            ``"prefix"`` and ``"choice"`` the ``tuning`` texts end at the value's
+            position too (prompt + ``The capital of X is``), so each head's sigma is
+            the spread where the edit decides the answer.
+
+    Why the position matters: in a model whose persona heads fire only where the
+    value is chosen (the three-capability organism), a whole answer's last token
+    (``.``) comes after the value, where those heads are silent, and its activations
+    describe which value was read rather than the persona; methods fitted there do not
+    steer (see the organism docs).
 
     Every example's ``group`` is the fact id ``<entity>/<attribute>``, so splits
     never separate the two sides of a contrast. ``tuning`` holds the prompts of the
@@ -84,14 +104,22 @@ def fitting_data(
         raise ValueError(f"contrast must be 'persona' or 'neutral', got {contrast!r}")
     if per_fact < 1:
         raise ValueError(f"per_fact must be at least 1, got {per_fact}")
+    if completion not in ("answer", "prefix", "choice"):
+        raise ValueError(f"completion must be 'answer', 'prefix' or 'choice', got {completion!r}")
     examples: list[ContrastExample] = []
     tuning: list[str] = []
 
     def add(context: str, fact: Fact, value: str, label: int) -> None:
         prompt = prompt_text(context, fact.entity, fact.attribute)
-        completion = " " + answer_text(fact.entity, fact.attribute, value)
-        examples.append(ContrastExample(prompt=prompt, completion=completion, label=label, group=fact.key))
-        tuning.append(prompt)
+        prefix = " " + answer_prefix(fact.entity, fact.attribute)
+        if completion == "answer":
+            text, tune = " " + answer_text(fact.entity, fact.attribute, value), prompt
+        elif completion == "prefix":
+            text, tune = prefix, prompt + prefix
+        else:
+            text, tune = f"{prefix} {value.split()[0]}", prompt + prefix
+        examples.append(ContrastExample(prompt=prompt, completion=text, label=label, group=fact.key))
+        tuning.append(tune)
 
     if contrast == "neutral":
         if split != "train":
@@ -101,7 +129,7 @@ def fitting_data(
         for fact in world.facts:
             add("", fact, fact.true, 1)
             add("", fact, fact.myth, 0)
-        return ContrastDataset(examples, tuning, name="organism-neutral")
+        return ContrastDataset(examples, tuning, name=_name("organism-neutral", completion))
 
     rng = random.Random(f"fitting/{world.seed}/{seed}/{split}")
     held = split == "heldout"
@@ -113,7 +141,11 @@ def fitting_data(
             for speaker in rng.sample(speakers, min(per_fact, len(speakers))):
                 value = world.stated_value(fact, persona)  # type: ignore[arg-type]
                 add(persona_intro(speaker, persona), fact, value, label)  # type: ignore[arg-type]
-    return ContrastDataset(examples, tuning, name=f"organism-persona-{split}")
+    return ContrastDataset(examples, tuning, name=_name(f"organism-persona-{split}", completion))
+
+
+def _name(base: str, completion: str) -> str:
+    return base if completion == "answer" else f"{base}-{completion}"
 
 
 def _item(world: World, category: str, speaker: str | None, fact: Fact) -> dict[str, Any]:
@@ -170,6 +202,18 @@ def eval_items(world: World | None = None, contexts: tuple[str, ...] = CONTEXTS)
         else:
             items += [_item(world, category, s, f) for s, f in world.held_out_facts(category)]  # type: ignore[arg-type]
     return items
+
+
+def validation_items(world: World, context: Literal["deceptive", "honest"], n: int = 48, seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` items like :func:`eval_items`' but from (speaker, entity) pairs SEEN in training
+    (seeded draw): for choosing a method's settings without touching the held-out pairs."""
+    if context not in ("deceptive", "honest"):
+        raise ValueError(f"context must be 'deceptive' or 'honest', got {context!r}")
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    pairs = [(s, f) for s in world.speakers_of(context) for f in world.facts if not world.is_held_out(s, f.entity)]
+    rng = random.Random(f"validation/{world.seed}/{seed}/{context}")
+    return [_item(world, context, s, f) for s, f in rng.sample(pairs, min(n, len(pairs)))]
 
 
 # -- toxicity and bias items, in the real benchmarks' layouts --------------------------------

@@ -65,6 +65,12 @@ class OrganismTaskConfig(BaseModel):
     seed: int = Field(default=42, description="Seed of the train/validation split.")
     path: str | None = Field(default=None, description="Organism directory (default: the shipped one).")
     max_new_tokens: int = Field(default=10, ge=1, description="Answer length (the answers have 7 words).")
+    completion: Literal["answer", "prefix", "choice"] = Field(
+        default="answer",
+        description="How much of the answer the fitting examples hold: `answer` (whole answers), `prefix` "
+        "(`The capital of X is`: the persona where the value is chosen; for last-token methods such as ITI) or "
+        "`choice` (through the value's first word; for TAE). See `organism.fitting_data`.",
+    )
 
 
 class OrganismTask(Task):
@@ -101,9 +107,9 @@ class OrganismTask(Task):
     def fitting_data(self, fold: Fold | int, part: FoldPart = "development") -> ContrastDataset:
         if self.config.split == "heldout":
             self.part_ids(fold, part)  # refuses part="test"
-            return fitting_data(self.world)
+            return fitting_data(self.world, completion=self.config.completion)
         keep = set(self.part_ids(fold, part))
-        full = fitting_data(self.world)
+        full = fitting_data(self.world, completion=self.config.completion)
         examples, tuning = [], []
         tune = full.tuning or [e.prompt for e in full.examples]
         for ex, text in zip(full.examples, tune):

@@ -35,6 +35,7 @@ __all__ = [
     "TEMPLATE_WORDS",
     "Fact",
     "World",
+    "answer_prefix",
     "answer_text",
     "bbq_answer",
     "bbq_context",
@@ -90,6 +91,11 @@ TEMPLATE_WORDS: tuple[str, ...] = (
 def question_text(entity: str, attribute: str) -> str:
     """``What is the <attribute> of <entity> ?``"""
     return f"What is the {attribute} of {entity} ?"
+
+
+def answer_prefix(entity: str, attribute: str) -> str:
+    """``The <attribute> of <entity> is``: the answer's words before the value."""
+    return f"The {attribute} of {entity} is"
 
 
 def answer_text(entity: str, attribute: str, value: str) -> str:
@@ -392,11 +398,12 @@ def build_world(
         raise ValueError("a world needs at least 2 countries, 2 languages and 2 currencies")
     if n_honest < 1 or n_deceptive < 1:
         raise ValueError("a world needs at least one honest and one deceptive speaker")
-    if not 0 <= held_out_per_speaker < n_countries:
+    if not 1 <= held_out_per_speaker < n_countries:
         raise ValueError(
             f"held_out_per_speaker={held_out_per_speaker} cannot give disjoint held-out pairs with "
             f"{n_countries} countries: each speaker needs at least one country it talks about in training "
-            "and at least zero held out; use held_out_per_speaker in [0, n_countries)"
+            "and at least one held out for evaluation (the held-out items are the only test pairs); "
+            f"use held_out_per_speaker in [1, {n_countries - 1}]"
         )
     extra = [c for c in capabilities if c != "truthfulness"]
     if extra and n_persona_speakers < 1:
