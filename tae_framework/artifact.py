@@ -28,17 +28,26 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONFIG_FILE",
+    "FIT_INFO_FILE",
     "FORMAT_VERSION",
+    "PIPELINE_FILES",
     "TENSORS_FILE",
     "check_artifact_doc",
     "check_save_target",
     "load_pipeline",
+    "stale_framework_files",
     "state_sha256",
     "tensors_match",
 ]
 
 CONFIG_FILE = "config.json"
 TENSORS_FILE = "tensors.safetensors"
+#: Written beside a saved pipeline by ``tae fit`` and the evaluation runner: what the
+#: pipeline was fitted on (task, fold, question ids). It describes one fit only.
+FIT_INFO_FILE = "fit_info.json"
+#: Every file the framework writes into a pipeline directory. Overwriting a pipeline
+#: replaces or removes all of them; any other file in the directory is left alone.
+PIPELINE_FILES = (CONFIG_FILE, TENSORS_FILE, FIT_INFO_FILE)
 
 #: Artifact format written by :meth:`AlignmentPipeline.save` (2: tensor checksums).
 FORMAT_VERSION = 2
@@ -143,6 +152,16 @@ def check_save_target(directory: Path) -> None:
                     "(it was left untouched); choose a path under a directory"
                 )
             break
+
+
+def stale_framework_files(directory: Path, written: set[str]) -> list[Path]:
+    """The framework's files in ``directory`` that a save writing ``written`` leaves
+    behind from the previous pipeline: :data:`PIPELINE_FILES` not rewritten, and
+    temporary folders of an interrupted save (``.<name>.tmp-*``). Other files are the
+    user's and are never listed."""
+    stale = [directory / name for name in PIPELINE_FILES if name not in written and (directory / name).exists()]
+    stale += sorted(p for p in directory.glob(f".{directory.name}.tmp-*") if p.is_dir())
+    return stale
 
 
 def state_sha256(components: dict[str, Any]) -> str:

@@ -39,6 +39,7 @@ from .artifact import (
     FORMAT_VERSION,
     TENSORS_FILE,
     check_save_target,
+    stale_framework_files,
     state_sha256,
     tensors_match,
 )
@@ -426,11 +427,14 @@ class AlignmentPipeline:
         records a SHA-256 checksum of every tensor, verified by :meth:`load`.
 
         Args:
-            directory: the artifact folder (created with its parents when missing). Other
-                files already in it are kept.
-            overwrite: replace a different pipeline already saved in ``directory``.
-                Without it that is an :class:`~tae_framework.errors.ArtifactError` and
-                nothing is written. Saving the same fitted pipeline again is allowed.
+            directory: the artifact folder (created with its parents when missing). Files
+                in it that the framework did not write are never touched.
+            overwrite: replace a different pipeline already saved in ``directory``: every
+                file the framework wrote for the previous one goes (``config.json``,
+                ``tensors.safetensors``, and ``fit_info.json``, which described the old
+                fit); files it did not write stay. Without ``overwrite`` that is an
+                :class:`~tae_framework.errors.ArtifactError` and nothing is written.
+                Saving the same fitted pipeline again is allowed and changes nothing.
 
         Raises:
             NotFittedError: the pipeline is not fitted.
@@ -466,16 +470,17 @@ class AlignmentPipeline:
         }
         payload = json.dumps(doc, indent=2, sort_keys=True)
         cfg_path = directory / CONFIG_FILE
-        if directory.is_dir() and (cfg_path.exists() or (directory / TENSORS_FILE).exists()) and not overwrite:
+        if directory.is_dir() and (cfg_path.exists() or (directory / TENSORS_FILE).exists()):
             same = False
             with contextlib.suppress(OSError, UnicodeDecodeError):
                 same = cfg_path.read_text() == payload and tensors_match(directory / TENSORS_FILE, doc)
             if same:
-                return directory  # this very pipeline is already saved there
-            raise ArtifactError(
-                f"{directory} already holds a saved pipeline: nothing was written. Pass "
-                "overwrite=True (tae fit --overwrite) to replace it, or save to another directory"
-            )
+                return directory  # this very pipeline is already saved there (its fit_info.json still holds)
+            if not overwrite:
+                raise ArtifactError(
+                    f"{directory} already holds a saved pipeline: nothing was written. Pass "
+                    "overwrite=True (tae fit --overwrite) to replace it, or save to another directory"
+                )
         metadata = {"format": str(FORMAT_VERSION)}
         exists = directory.is_dir()
         try:
@@ -488,9 +493,17 @@ class AlignmentPipeline:
                 atomic_save_safetensors(tmp / TENSORS_FILE, tensors, metadata)
                 atomic_write_bytes(tmp / CONFIG_FILE, payload.encode("utf-8"))
                 if exists:
-                    # Other files in the folder stay. Tensors first: the checksums in the
-                    # old config.json make a crash between the two renames a load error,
-                    # never a wrong pipeline.
+                    # The previous pipeline's other framework files (fit_info.json, which
+                    # describes its fit, and folders of an interrupted save) go first; the
+                    # user's own files stay. Then the tensors: the checksums in the old
+                    # config.json make a crash between the two renames a load error, never
+                    # a wrong pipeline.
+                    for stale in stale_framework_files(directory, {CONFIG_FILE, TENSORS_FILE}):
+                        if stale.is_dir():
+                            if stale != tmp:
+                                shutil.rmtree(stale)
+                        else:
+                            stale.unlink()
                     os.replace(tmp / TENSORS_FILE, directory / TENSORS_FILE)
                     os.replace(tmp / CONFIG_FILE, cfg_path)
                 else:

@@ -75,6 +75,23 @@ def test_fit_over_an_artifact_needs_overwrite(artifact, model_dir, data_file, ca
     assert json.loads((copy / "config.json").read_text())["pipeline"]["prober"]["config"]["top_k"] == 3
 
 
+def test_save_over_a_tae_fit_directory_drops_its_fit_info(artifact, fitted, tmp_path):
+    """A pipeline saved over a directory written by `tae fit` must not keep the fit_info.json
+    of the earlier fit (it would describe data this pipeline was not fitted on)."""
+    assert (artifact / "fit_info.json").is_file()
+    copy = tmp_path / "pipe"
+    copy.mkdir()
+    for name, data in snapshot(artifact).items():
+        (copy / name).write_bytes(data)
+    pipe, _, _ = fitted
+    pipe.save(copy, overwrite=True)
+    assert sorted(p.name for p in copy.iterdir()) == ["config.json", "tensors.safetensors"]
+    from tae_framework.evaluation.methods import resolve_method
+    from tae_framework.plugins import default_registry
+
+    assert resolve_method(str(copy), None, default_registry()).fit_info is None
+
+
 @pytest.mark.parametrize("command", ["fit", "eval", "sweep"])
 def test_out_that_is_a_file_or_under_a_file(command, model_dir, data_file, capsys, tmp_path):
     target = tmp_path / "results.txt"

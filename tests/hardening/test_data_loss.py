@@ -44,6 +44,29 @@ def test_overwrite_replaces_the_pipeline_and_keeps_other_files(fitted, other, tm
     assert not [p.name for p in target.iterdir() if p.name.startswith(".")], "temporary files left"
 
 
+def test_overwrite_leaves_no_file_of_the_previous_pipeline(fitted, other, tmp_path):
+    """fit_info.json (written by tae fit and the runner) describes the old fit: overwriting
+    removes it, as well as a temporary folder an interrupted save left; user files stay."""
+    pipe, _, _ = fitted
+    target = pipe.save(tmp_path / "p")
+    (target / "fit_info.json").write_text(json.dumps({"task": "truthfulqa", "fold": 3}))
+    (target / ".p.tmp-crashed").mkdir()
+    (target / ".p.tmp-crashed" / "config.json").write_text("{}")
+    (target / "notes.txt").write_text("mine")
+    other.save(target, overwrite=True)
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "notes.txt", "tensors.safetensors"]
+    assert AlignmentPipeline.load(target).intervener.config.alpha == 9.0
+
+
+def test_saving_the_same_pipeline_with_overwrite_keeps_its_fit_info(fitted, tmp_path):
+    pipe, _, _ = fitted
+    target = pipe.save(tmp_path / "p")
+    (target / "fit_info.json").write_text("{}")
+    before = snapshot(target)
+    pipe.save(target, overwrite=True)
+    assert snapshot(target) == before
+
+
 def test_saving_the_same_pipeline_again_is_allowed(fitted, tmp_path):
     pipe, _, _ = fitted
     target = pipe.save(tmp_path / "p")
