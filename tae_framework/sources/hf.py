@@ -28,9 +28,21 @@ computed once per model load and cached on the model until a weight changes (see
 ``param.data[...]`` bypass PyTorch's version counters: call :func:`forget_weights_digest`
 after them.
 
+Each forward pass ends as soon as every requested site has been seen: the later
+layers, the final norm and the vocabulary projection do not run (not across processes,
+and not for models whose weights accelerate moves in and out). A capture call whose
+activations fit in ``reuse_mb`` is kept in memory and serves later requests for the same
+texts, or for prefixes of them, at the same or fewer layers without a forward pass: a
+fit's second and third capture (prompts' last tokens, the training texts at the edited
+layers) are rows of its first. The kept activations are tied to the model object, a
+digest of every weight byte (recomputed per call) and the model's forward hooks
+(:mod:`~tae_framework.sources.reuse`). ``num_threads`` sets torch's thread count for
+the forward passes on the CPU only.
+
 The parts live in their own modules and are re-exported here: tokenizing and span
 mapping (:mod:`~tae_framework.sources.encoding`), the taps
-(:mod:`~tae_framework.sources.taps`), the shard cache
+(:mod:`~tae_framework.sources.taps`), the in-memory reuse
+(:mod:`~tae_framework.sources.reuse`), the shard cache
 (:mod:`~tae_framework.sources.shard_cache`) and the weight digest
 (:mod:`~tae_framework.sources.weights_digest`).
 """
@@ -262,9 +274,10 @@ class HFActivationSource(ActivationSource):
         memo_key = None
         if local and cfg.reuse_mb > 0:
             width = _site_width(adapter, model, site)
-            expected = sum(len(ids) for ids in encoded.ids) * len(layer_ids) * width * dtype.itemsize
             context = (adapter.name, site, cfg.output_dtype, str(out_device))
-            memo_key = self.memo.begin(model, context, expected, int(cfg.reuse_mb * 2**20))
+            memo_key = self.memo.begin(
+                model, context, encoded.ids, len(layer_ids) * width * dtype.itemsize, int(cfg.reuse_mb * 2**20)
+            )
 
         bar = progress(
             total=len(batches),

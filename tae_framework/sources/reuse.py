@@ -67,18 +67,24 @@ class _Call:
     nbytes: int = 0
 
 
+#: Fewer tokens than this in a capture call: it is not kept (re-hashing the weights at a
+#: later call costs about as much as a forward pass over a few hundred tokens on a CPU).
+MIN_TOKENS = 256
+
+
 class CaptureMemo:
     """Activations of recent capture calls, up to a memory budget (see the module doc).
 
-    A capture call is kept whole or not at all: when its estimated size exceeds the
-    budget nothing of it is kept (and no weight digest is computed for it); older calls
-    are dropped, oldest first, to make room for a new one.
+    A capture call is kept whole or not at all: when it has fewer than
+    :data:`MIN_TOKENS` tokens or its size exceeds the budget nothing of it is kept; older
+    calls are dropped, oldest first, to make room for a new one. The weights are hashed
+    only for a call that is kept or that asks for token ids something kept could serve.
     """
 
     def __init__(self) -> None:
         self._calls: list[_Call] = []
-        self._exact: dict[tuple, _Kept] = {}
-        self._prefix: dict[tuple, dict[tuple[int, ...], _Kept]] = {}
+        self._by_ids: dict[tuple[int, ...], list[_Kept]] = {}
+        self._prefix: dict[int, dict[tuple[int, ...], list[_Kept]]] = {}
         self._current: _Call | None = None
 
     @property
@@ -91,31 +97,55 @@ class CaptureMemo:
     def clear(self) -> None:
         """Forget every kept activation."""
         self._calls.clear()
-        self._exact.clear()
-        self._prefix.clear()
         self._current = None
+        self._reindex()
 
-    def begin(self, model: nn.Module, context: tuple, expected_bytes: int, budget_bytes: int) -> tuple | None:
-        """Start a capture call. Returns the key to serve and keep under, or ``None``
-        when there is nothing to serve and the call would not fit the budget."""
+    def begin(
+        self, model: nn.Module, context: tuple, ids: list[list[int]], bytes_per_token: int, budget_bytes: int
+    ) -> tuple | None:
+        """Start a capture call of the texts ``ids``. Returns the key to serve and keep
+        under, or ``None`` when nothing can be served and the call is not kept."""
         self._current = None
-        self._calls = [c for c in self._calls if c.model() is not None]
-        fits = 0 < expected_bytes <= budget_bytes
-        if not fits and not self._calls:
+        alive = [c for c in self._calls if c.model() is not None]
+        if len(alive) != len(self._calls):
+            self._calls = alive
             self._reindex()
+        tokens = sum(len(x) for x in ids)
+        expected = tokens * bytes_per_token
+        fits = tokens >= MIN_TOKENS and 0 < expected <= budget_bytes
+        servable = bool(self._calls) and any(self._candidates(tuple(x)) for x in ids)
+        if not (fits or servable):
             return None
         key = (id(model), full_weights_digest(model, refresh=True), _hooks_state(model), model.training, *context)
         if fits:
-            while self._calls and self.nbytes + expected_bytes > budget_bytes:
-                self._calls.pop(0)
+            if self.nbytes + expected > budget_bytes:
+                while self._calls and self.nbytes + expected > budget_bytes:
+                    self._calls.pop(0)
+                self._reindex()
             self._current = _Call(key, weakref.ref(model))
             self._calls.append(self._current)
-        self._reindex()
         return key
 
     def _reindex(self) -> None:
-        self._exact = {(e.key, e.ids): e for c in self._calls for e in c.entries}
+        self._by_ids = {}
+        for c in self._calls:
+            for e in c.entries:
+                self._by_ids.setdefault(e.ids, []).append(e)
         self._prefix.clear()
+
+    def _by_prefix(self, n: int) -> dict[tuple[int, ...], list[_Kept]]:
+        index = self._prefix.get(n)
+        if index is None:
+            index = {}
+            for c in self._calls:
+                for e in c.entries:
+                    if len(e.ids) > n:
+                        index.setdefault(e.ids[:n], []).append(e)
+            self._prefix[n] = index
+        return index
+
+    def _candidates(self, ids: tuple[int, ...]) -> list[_Kept]:
+        return self._by_ids.get(ids, []) + self._by_prefix(len(ids)).get(ids, [])
 
     def keep(self, key: tuple, ids: list[int], layers: tuple[int, ...], rows: list[torch.Tensor]) -> None:
         """Keep one text's activations, one ``[T, D]`` tensor per layer (if this call is
@@ -126,32 +156,18 @@ class CaptureMemo:
         entry = _Kept(key, tuple(ids), tuple(layers), list(rows))
         call.entries.append(entry)
         call.nbytes += sum(t.numel() * t.element_size() for t in entry.rows)
-        self._exact[(key, entry.ids)] = entry
-        if self._prefix:
-            self._prefix = {k: v for k, v in self._prefix.items() if k[0] != key or k[1] >= len(entry.ids)}
+        self._by_ids.setdefault(entry.ids, []).append(entry)
+        for n in [n for n in self._prefix if n < len(entry.ids)]:
+            del self._prefix[n]
 
     def find(self, key: tuple, ids: list[int], layers: tuple[int, ...]) -> torch.Tensor | None:
         """A fresh ``[len(layers), len(ids), D]`` tensor of kept rows, or ``None``."""
         want = tuple(ids)
-        entry = self._exact.get((key, want))
-        if entry is None or not set(layers) <= set(entry.layers):
-            entry = self._by_prefix(key, len(want)).get(want)
-        if entry is None or not set(layers) <= set(entry.layers):
-            return None
-        n = len(want)
-        return torch.stack([entry.rows[entry.layers.index(layer)][:n] for layer in layers])
-
-    def _by_prefix(self, key: tuple, n: int) -> dict[tuple[int, ...], _Kept]:
-        index = self._prefix.get((key, n))
-        if index is None:
-            index = {}
-            for c in self._calls:
-                if c.key == key:
-                    for e in c.entries:
-                        if len(e.ids) > n:
-                            index.setdefault(e.ids[:n], e)
-            self._prefix[(key, n)] = index
-        return index
+        wanted = set(layers)
+        for entry in self._candidates(want):
+            if entry.key == key and wanted <= set(entry.layers):
+                return torch.stack([entry.rows[entry.layers.index(layer)][: len(want)] for layer in layers])
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {"calls": len(self._calls), "texts": len(self), "bytes": self.nbytes}

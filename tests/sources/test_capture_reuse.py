@@ -12,6 +12,7 @@ import torch
 
 from tae_framework.models.generic import GenericAdapter
 from tae_framework.sources import hf as hf_module
+from tae_framework.sources import reuse
 from tae_framework.sources.hf import HFActivationSource, capture_all
 from tae_framework.testing.models import tiny_model
 
@@ -27,6 +28,12 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def short_kept(monkeypatch):
+    """The texts here are short: keep them although they have fewer than MIN_TOKENS."""
+    monkeypatch.setattr(reuse, "MIN_TOKENS", 0)
 
 
 @pytest.fixture
@@ -66,7 +73,7 @@ def capture(src, model, tok, texts, spans=None, layers=None):
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
-def test_repeat_prefix_and_layer_subset_are_served_from_memory(forwarded, padding_side):
+def test_repeat_prefix_and_layer_subset_are_served_from_memory(forwarded, padding_side, short_kept):
     model, tok = tiny_model("llama")
     src = HFActivationSource(batch_size=3, progress=False, padding_side=padding_side)
     full = capture(src, model, tok, TEXTS, SPANS)
@@ -89,7 +96,7 @@ def test_repeat_prefix_and_layer_subset_are_served_from_memory(forwarded, paddin
     torch.testing.assert_close(new[1].acts, reference(model, tok, "Q: Why? A: Because.", [1]), rtol=1e-5, atol=1e-6)
 
 
-def test_served_tensors_are_copies(forwarded):
+def test_served_tensors_are_copies(forwarded, short_kept):
     model, tok = tiny_model("llama")
     src = HFActivationSource(batch_size=4, progress=False)
     first = capture(src, model, tok, TEXTS)
@@ -102,7 +109,7 @@ def test_served_tensors_are_copies(forwarded):
     assert torch.equal(third[0].acts, expected)
 
 
-def test_a_weight_edit_through_data_is_not_served_stale(forwarded):
+def test_a_weight_edit_through_data_is_not_served_stale(forwarded, short_kept):
     model, tok = tiny_model("llama", fresh=True)
     src = HFActivationSource(batch_size=4, progress=False)
     before = capture(src, model, tok, TEXTS)
@@ -115,7 +122,7 @@ def test_a_weight_edit_through_data_is_not_served_stale(forwarded):
     torch.testing.assert_close(after[0].acts, reference(model, tok, TEXTS[0], [1]), rtol=1e-5, atol=1e-6)
 
 
-def test_an_edit_hook_is_not_served_unedited_activations(forwarded):
+def test_an_edit_hook_is_not_served_unedited_activations(forwarded, short_kept):
     model, tok = tiny_model("llama")
     src = HFActivationSource(batch_size=4, progress=False)
     plain = capture(src, model, tok, TEXTS)
@@ -132,7 +139,7 @@ def test_an_edit_hook_is_not_served_unedited_activations(forwarded):
     assert forwarded == []
 
 
-def test_budget_and_reuse_off(forwarded):
+def test_budget_and_reuse_off(forwarded, short_kept):
     model, tok = tiny_model("llama")
     for kw in ({"reuse_mb": 0}, {"reuse_mb": 1e-4}):  # 0 = off; 1e-4 MB = 104 bytes, too small
         forwarded.clear()
@@ -193,3 +200,23 @@ def test_num_threads_applies_to_the_forward_pass_only():
     for a, text in zip(acts, TEXTS):
         torch.testing.assert_close(a.acts, reference(model, tok, text, [0]), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(default[0].acts, acts[0].acts, rtol=1e-5, atol=1e-6)
+
+
+def test_a_short_capture_is_not_kept_and_the_weights_not_hashed(forwarded, monkeypatch):
+    model, tok = tiny_model("llama")
+    hashed = []
+    digest = reuse.full_weights_digest
+    monkeypatch.setattr(reuse, "full_weights_digest", lambda m, refresh=False: hashed.append(1) or digest(m, refresh))
+    src = HFActivationSource(batch_size=4, progress=False)
+    capture(src, model, tok, TEXTS)  # about 100 tokens, under MIN_TOKENS
+    capture(src, model, tok, TEXTS)
+    assert (len(forwarded), hashed, src.memo.nbytes) == (2, [], 0)
+    long_texts = [f"{k}: {t}" for k in range(8) for t in TEXTS]  # over MIN_TOKENS: kept, hashed once
+    assert sum(len(tok(t)["input_ids"]) for t in long_texts) >= reuse.MIN_TOKENS
+    capture(src, model, tok, long_texts)
+    assert len(hashed) == 1 and src.memo.nbytes > 0
+    capture(src, model, tok, ["Q: unrelated? A: no"])  # nothing kept could serve it: no hash
+    assert len(hashed) == 1
+    forwarded.clear()
+    capture(src, model, tok, long_texts[:1], layers=[0])  # served: hashed to check the weights
+    assert (forwarded, len(hashed)) == ([], 2)
