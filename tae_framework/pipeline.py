@@ -142,6 +142,7 @@ class AlignmentPipeline:
         self.fingerprint_: dict[str, Any] | None = None
         self.adapter_name_: str | None = None
         self.provenance: dict[str, dict[str, str]] = {}
+        self._edit_key_cache: tuple[tuple[Any, ...], tuple[str, str]] | None = None
 
     # -- construction ----------------------------------------------------------------
     @classmethod
@@ -195,6 +196,7 @@ class AlignmentPipeline:
         """
         data = ContrastDataset.load(data, tuning)
         data.validate_for_fit()
+        self._edit_key_cache = None
         adapter = self._adapter(model)
         site = getattr(self.source.config, "site", "heads")
         shape = adapter.shape(model)
@@ -324,16 +326,47 @@ class AlignmentPipeline:
         return self.is_fitted and is_installed(model, self._edit_key())
 
     def _edit_key(self) -> tuple[str, str]:
-        """Identifies the edit this pipeline installs: its config and fitted targets. Two
-        pipelines with equal keys (the same object, or two loads of one artifact) add the
-        same edit, so they are never installed on one model at the same time."""
+        """Identifies the edit this pipeline installs: its config, the intervener's config
+        and fitted targets. Two pipelines with equal keys (the same object, or two loads of
+        one artifact) add the same edit, so they are never installed on one model at the
+        same time.
+
+        Hashing the target tensors costs a pass over their bytes, so the key is computed
+        once and reused while the state it was computed from is unchanged: the same config,
+        intervener, estimator and targets objects, the same non-tensor target values, and
+        no tensor replaced or modified in place (PyTorch's per-tensor version counter).
+        :meth:`fit` and :meth:`load` start afresh; ``set_state``, a replaced intervener or
+        intervener config, or an in-place edit of a target tensor is seen on the next call.
+        """
+        token = self._edit_key_token()
+        cached = self._edit_key_cache
+        if cached is not None and _same_token(cached[0], token):
+            return cached[1]
         h = hashlib.sha256(json.dumps(self.config.model_dump(mode="json"), sort_keys=True).encode())
+        h.update(self.intervener.name.encode())
+        h.update(json.dumps(self.intervener.config.model_dump(mode="json"), sort_keys=True).encode())
         targets = self.intervener.targets_
         for f in dataclasses.fields(targets):
             value = getattr(targets, f.name)
             h.update(f.name.encode())
             h.update((tensor_sha256(value) if isinstance(value, torch.Tensor) else repr(value)).encode())
-        return ("tae-edit", h.hexdigest())
+        key = ("tae-edit", h.hexdigest())
+        self._edit_key_cache = (token, key)
+        return key
+
+    def _edit_key_token(self) -> tuple[Any, ...]:
+        """What :meth:`_edit_key` depends on, cheap to compare (no tensor bytes read)."""
+        targets = self.intervener.targets_
+        values = []
+        for f in dataclasses.fields(targets):
+            value = getattr(targets, f.name)
+            if isinstance(value, torch.Tensor):
+                # Inference tensors keep no version counter (and cannot be changed outside
+                # inference mode): their identity stands for them.
+                values.append((value, None if value.is_inference() else value._version))
+            else:
+                values.append(repr(value))
+        return (self.config, self.intervener, self.intervener.config, self.estimator, targets, tuple(values))
 
     def _check_run(self, model, batch_size: Any, edit: bool, what: str) -> None:
         """Checks shared by :meth:`generate` and :meth:`score`, before any forward pass
@@ -533,6 +566,22 @@ class AlignmentPipeline:
     def __repr__(self) -> str:
         parts = ", ".join(f"{r}={c.name}" for r, c in self._roles().items())
         return f"AlignmentPipeline({parts}, fitted={self.is_fitted})"
+
+
+def _same_token(old: tuple[Any, ...], new: tuple[Any, ...]) -> bool:
+    """Whether two :meth:`AlignmentPipeline._edit_key_token` results describe the same state:
+    the same objects (``is``), tensors with unchanged version counters, equal target values."""
+    *objects, values = old
+    *new_objects, new_values = new
+    if len(values) != len(new_values) or any(a is not b for a, b in zip(objects, new_objects)):
+        return False
+    for a, b in zip(values, new_values):
+        if isinstance(a, tuple):
+            if not isinstance(b, tuple) or a[0] is not b[0] or a[1] != b[1]:
+                return False
+        elif a != b:
+            return False
+    return True
 
 
 def _check_count(name: str, value: Any) -> None:

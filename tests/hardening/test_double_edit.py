@@ -90,3 +90,38 @@ def test_two_loads_of_one_artifact_are_the_same_edit(fitted, tmp_path):
         with pytest.raises(TAEError, match="added twice"):
             pipe.generate(model, tok, PROMPT, max_new_tokens=1)
     assert not second.is_applied(model) and count_taps(model) == base
+
+
+def test_the_edit_key_is_hashed_once_across_calls_and_follows_state_changes(fitted, tmp_path, monkeypatch):
+    """The key that detects a double edit hashes the target tensors: once per state, not
+    on every apply/generate/score; any change of the state gives a new key."""
+    from tae_framework import pipeline as pipeline_module
+
+    pipe0, model, tok = fitted
+    pipe = AlignmentPipeline.load(pipe0.save(tmp_path / "p"))  # a copy this test may change
+    calls = []
+    real = pipeline_module.tensor_sha256
+    monkeypatch.setattr(pipeline_module, "tensor_sha256", lambda t: calls.append(1) or real(t))
+    for _ in range(3):
+        with pipe.apply(model):
+            pass
+    pipe.generate(model, tok, PROMPT, max_new_tokens=2)
+    pipe.score(model, tok, PROMPT, [" yes"])
+    pipe.generate(model, tok, PROMPT, max_new_tokens=2, edit=False)
+    first = pipe._edit_key()
+    assert len(calls) == 5, "one hash per target tensor (layers, units, directions, sigmas, scores), once"
+    assert first == AlignmentPipeline.load(tmp_path / "p")._edit_key(), "an identical pipeline has the same key"
+
+    keys = {first}
+    targets = pipe.intervener.targets_
+    targets.sigmas.mul_(2.0)  # an in-place change of a fitted tensor
+    keys.add(pipe._edit_key())
+    tensors, meta = pipe.intervener.get_state()
+    pipe.intervener.set_state({k: v.clone() for k, v in tensors.items()}, meta)  # same values, new objects
+    assert pipe._edit_key() in keys
+    pipe.intervener.config = pipe.intervener.Config(**{**pipe.intervener.config.model_dump(), "alpha": 11.0})
+    keys.add(pipe._edit_key())
+    assert len(keys) == 3, "every changed state gets its own key"
+    with pipe.apply(model):
+        assert pipe.is_applied(model)
+        assert not AlignmentPipeline.load(tmp_path / "p").is_applied(model), "the changed edit is a different one"
