@@ -93,7 +93,7 @@ def trace_generation(pipeline, model, tokenizer, prompt: str, max_new_tokens: in
     constant = not strength
     if constant:  # fixed-strength methods record no multipliers
         strength = [alpha] * len(tokens)
-    signals = session.state.get("signals", [])
+    signals = session.context.signals
     p_vals: list[float | None] = []
     u_vals: list[float | None] = []
     for i in range(len(strength)):

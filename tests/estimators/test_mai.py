@@ -10,6 +10,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from tae_framework import AlignmentPipeline
+from tae_framework.backends.base import ForwardContext
 from tae_framework.errors import ConfigError, DataError
 from tae_framework.estimators.mai import TokenMisalignmentEstimator, token_labels
 from tae_framework.evaluation.scoring import greedy_generate
@@ -250,7 +251,7 @@ def test_span_scope_runs_the_lens_only_at_edited_positions(fitted):
     calls = []
     head = runtime._lens  # the projection the lens uses (the output layer, or its half-precision copy)
     runtime._lens = lambda h: (calls.append(h.shape[0]), head(h))[1]
-    part = runtime.uncertainty(resid, {"span_positions": mask.nonzero(as_tuple=True)})
+    part = runtime.uncertainty(resid, ForwardContext(span_positions=mask.nonzero(as_tuple=True)))
     assert calls == [3], "the lens must see only the 3 edited positions"
     torch.testing.assert_close(part[mask], full[mask])
     assert bool((part[~mask] == 0).all())
@@ -263,7 +264,7 @@ def test_span_scope_runs_the_lens_only_at_edited_positions(fitted):
 
     def full_lens_span(self, m):  # same edit, but forget the positions: the lens runs everywhere
         original(self, m)
-        self.state["span_positions"] = None
+        self.context.set_span_positions(None)
 
     EditSession.set_span = full_lens_span
     try:

@@ -27,8 +27,8 @@ def test_shared_lens_stays_close_to_the_exact_one():
         with shared.apply(model, "all", record=True) as s_shared:
             model(**enc)
     mask = enc["attention_mask"].bool()
-    u_exact = [u[..., 0][mask] for _, _, u in s_exact.state["signals"]]
-    u_shared = [u[..., 0][mask] for _, _, u in s_shared.state["signals"]]
+    u_exact = [u[..., 0][mask] for _, _, u in s_exact.context.signals]
+    u_shared = [u[..., 0][mask] for _, _, u in s_shared.context.signals]
     assert len(u_exact) == len(u_shared) == len(exact.targets_.edited_layers())
     # the first edited layer computes the same lens in both modes; later layers reuse it
     torch.testing.assert_close(u_shared[0], u_exact[0])
