@@ -50,17 +50,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _data(args: argparse.Namespace, reg: Any) -> tuple[Any, Any, dict[str, Any]]:
+def _source(args: argparse.Namespace, reg: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """``(contrast data, task, fold, task options)``: the ``--data`` file read, or the task
+    and its fold built (data ``None``), before the model loads so bad input fails at once."""
     options = parse_assignments(args.task_options, "--task-option", dotted=False)
     if options and args.task is None:
         raise ConfigError("--task-option needs --task")
     if args.task is None:
         from ..data import ContrastDataset
 
-        return ContrastDataset.load(args.data), None, options
+        return ContrastDataset.load(args.data), None, None, options
     task = reg.task(args.task, **options)
-    fold = task.fold(args.fold)
-    return task.fitting_data(fold), fold, options
+    return None, task, task.fold(args.fold), options
+
+
+def _task_data(args: argparse.Namespace, task: Any, fold: Any, model: Any, tok: Any, seed: int) -> tuple[Any, Any]:
+    """``(fitting data, validation groups)`` of the task's fold. A task that asks for the
+    model (a ``context`` keyword in ``fitting_data``) gets it, with the pipeline's seed."""
+    from ..tasks.base import FittingContext, fitting_data_for, validation_groups
+
+    context = FittingContext(model=model, tokenizer=tok, seed=seed, progress=not getattr(args, "quiet", 0))
+    data = fitting_data_for(task, fold, context)
+    return data, validation_groups(args.task, fold, data)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,12 +89,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (out / CONFIG_FILE).exists() and not args.overwrite:
             raise ConfigError(f"{out} already holds a pipeline: pass --overwrite or another --out")
         method = resolve_method(method_from_args(args), parse_assignments(args.sets), reg)
-        data, fold, options = _data(args, reg)
+        data, task, fold, options = _source(args, reg)
         model, tok = load_model_from_args(args)
         pipe = method.new_pipeline(reg)
         seed_everything(pipe.config.seed)
         start = time.perf_counter()
-        pipe.fit(model, tok, data, validation_groups=list(fold.val) if fold is not None else None)
+        val = None
+        if task is not None:
+            data, val = _task_data(args, task, fold, model, tok, pipe.config.seed)
+        pipe.fit(model, tok, data, validation_groups=val)
         if not distributed.is_main():  # under torchrun every rank fitted the same; rank 0 saves
             return 0
         pipe.save(out, overwrite=args.overwrite)
@@ -95,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "fold": None if fold is None else fold.index,
                 "data": args.data,
                 "question_ids": sorted({e.group for e in data.examples if e.group is not None}) if fold is not None else [],
-                "validation_ids": [] if fold is None else list(fold.val),
+                "validation_ids": list(val or []),
                 "model": args.model,
                 "created": now(),
             },

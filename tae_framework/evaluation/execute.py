@@ -45,7 +45,12 @@ def fit_or_load(
     plan: Plan, model: Any, tokenizer: Any, fold: Any, pipe_dir: Path, overrides: Mapping[str, Any] | None = None
 ) -> tuple[AlignmentPipeline, bool]:
     """The fold's fitted pipeline: reloaded from ``pipe_dir`` when saved, else fitted on
-    the task's fitting data of the fold and saved. Returns ``(pipeline, fitted_now)``."""
+    the task's fitting data of the fold and saved. Returns ``(pipeline, fitted_now)``.
+
+    A task that asks for it (a ``context`` keyword in ``fitting_data``) gets a
+    :class:`~tae_framework.tasks.base.FittingContext` with the unedited model, the run's
+    seed and judge, and ``<pipe_dir>/../fitting`` for resumable files. The fold's
+    validation ids the fitting data kept rank the heads."""
     reg = plan.registry
     if not plan.method.refits:
         return plan.method.new_pipeline(reg), False
@@ -56,8 +61,16 @@ def fit_or_load(
     if overrides:
         cfg = PipelineConfig.parse(apply_overrides(cfg.model_dump(), overrides))
     pipe = AlignmentPipeline.from_config(cfg, reg)
-    data = plan.task.fitting_data(fold)
-    pipe.fit(model, tokenizer, data, validation_groups=list(fold.val) if fold.val else None)
+    from ..tasks.base import FittingContext, fitting_data_for, validation_groups
+
+    context = FittingContext(
+        model=model, tokenizer=tokenizer, seed=plan.cfg.seed, judge=plan.judge,
+        work_dir=pipe_dir.parent / "fitting" if distributed.is_main() else None,
+        batch_size=plan.cfg.batch_size, progress=plan.cfg.progress,
+    )  # fmt: skip
+    data = fitting_data_for(plan.task, fold, context)
+    val = validation_groups(plan.task_name, fold, data)
+    pipe.fit(model, tokenizer, data, validation_groups=val)
     if not distributed.is_main():  # every rank fitted the same pipeline; the main rank saves it
         return pipe, True
     pipe.save(pipe_dir)
@@ -68,7 +81,7 @@ def fit_or_load(
             "task_options": plan.cfg.task_options,
             "fold": fold.index,
             "question_ids": sorted({e.group for e in data.examples if e.group is not None}),
-            "validation_ids": list(fold.val),
+            "validation_ids": list(val or []),
             "created": now(),
         },
     )

@@ -8,7 +8,10 @@ with a string id. It provides:
   question ids);
 * :meth:`Task.fitting_data`: the :class:`~tae_framework.data.ContrastDataset` a
   method is fitted on for one fold, built only from that fold's development
-  (train + validation) questions, with ``group`` = question id;
+  (train + validation) questions, with ``group`` = question id. A task whose fitting
+  data come from the model itself (sampled, judged) declares a keyword-only
+  ``context`` parameter; the runner then passes a :class:`FittingContext` (model,
+  tokenizer, seed, judge, ...), see :func:`fitting_data_for`;
 * :meth:`Task.eval_items`: one :class:`EvalItem` per question, with multiple-choice
   completions to score and/or a generation prompt;
 * :attr:`Task.judge_metrics`: the judge metrics its generations need (e.g.
@@ -55,6 +58,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,7 +71,19 @@ from ..data import ContrastDataset
 from ..errors import DataError
 from ..evaluation.specs import ItemResult, MetricSpec, ProtocolSpec
 
-__all__ = ["EvalItem", "Fold", "FoldPart", "Task", "TaskFactory", "check_folds", "make_folds"]
+__all__ = [
+    "EvalItem",
+    "FittingContext",
+    "Fold",
+    "FoldPart",
+    "Task",
+    "TaskFactory",
+    "check_folds",
+    "fitting_data_for",
+    "make_folds",
+    "takes_fitting_context",
+    "validation_groups",
+]
 
 #: Which questions of a fold: ``train``, ``val``, ``development`` (train + val) or ``test``.
 FoldPart = Literal["train", "val", "development", "test"]
@@ -157,6 +173,83 @@ class EvalItem:
         return self.mc_prompt is not None and bool(self.mc_true) and bool(self.mc_false)
 
 
+@dataclass(frozen=True)
+class FittingContext:
+    """What the runner knows when it asks a task for a fold's fitting data.
+
+    Passed only to tasks whose :meth:`Task.fitting_data` declares a keyword-only
+    ``context`` parameter (see :func:`fitting_data_for`), so fitting data can be
+    sampled from the model being edited (never with edits installed).
+
+    Attributes:
+        model: the unedited model the method will be fitted on (possibly split over
+            devices: take devices from tensors, never ``model.device``).
+        tokenizer: its tokenizer.
+        seed: the run's seed (``tae eval --seed``; ``tae fit`` uses the pipeline's
+            seed). Sampling seeded from it (and the fold) is reproducible.
+        judge: the run's judge object (``tae eval --judge``), or ``None`` when the
+            command has none (``tae fit``).
+        work_dir: a folder the task may write resumable intermediate files to (e.g. a
+            sampling checkpoint), kept across a resumed run; ``None``: write nothing.
+        batch_size: the run's batch size (prompts per forward pass).
+        progress: whether progress bars may show.
+    """
+
+    model: Any
+    tokenizer: Any
+    seed: int = 42
+    judge: Any = None
+    work_dir: Path | None = None
+    batch_size: int = 8
+    progress: bool = False
+
+
+def takes_fitting_context(task: Task) -> bool:
+    """Whether ``task.fitting_data`` declares a ``context`` keyword (asks for the model)."""
+    try:
+        params = inspect.signature(task.fitting_data).parameters
+    except (TypeError, ValueError):
+        return False
+    param = params.get("context")
+    return param is not None and param.kind in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD)
+
+
+def fitting_data_for(
+    task: Task, fold: Fold | int, context: FittingContext | None, part: FoldPart = "development"
+) -> ContrastDataset:
+    """``task.fitting_data(fold, part)``, with ``context=context`` only for a task that
+    declares that keyword: every other task (and every task written before it existed)
+    is called exactly as before."""
+    if takes_fitting_context(task):
+        return task.fitting_data(fold, part, context=context)
+    return task.fitting_data(fold, part)
+
+
+def validation_groups(task_name: str, fold: Fold, data: ContrastDataset) -> list[str] | None:
+    """The groups of ``data`` that rank heads for ``fold``: its validation ids.
+
+    A task may leave fitting units out of its data (a prompt whose samples were all
+    alike gives no contrast pair), so the fold's validation ids are kept only where the
+    data have them. ``None`` when the fold has no validation part (the pipeline then
+    splits by its ``validation_fraction``).
+
+    Raises:
+        DataError: no validation or no training group is left.
+    """
+    if not fold.val:
+        return None
+    present = list(dict.fromkeys(e.group for e in data.examples if e.group is not None))
+    val = set(fold.val)
+    kept = [g for g in present if g in val]
+    if not kept or len(kept) == len(present):
+        raise DataError(
+            f"task '{task_name}', fold {fold.index}: the fitting data have {len(kept)} of the fold's "
+            f"{len(fold.val)} validation unit(s) and {len(present) - len(kept)} training unit(s); "
+            "both are needed (one to fit, one to rank heads): use more fitting questions or prompts"
+        )
+    return kept
+
+
 class Task(ABC):
     """A benchmark: questions, folds, fitting data, evaluation items, and how they are
     evaluated.
@@ -187,7 +280,13 @@ class Task(ABC):
 
     @abstractmethod
     def fitting_data(self, fold: Fold | int, part: FoldPart = "development") -> ContrastDataset:
-        """Fitting data built only from ``fold``'s ``part`` questions (``group`` = question id)."""
+        """Fitting data built only from ``fold``'s ``part`` questions (``group`` = question id).
+
+        To build them from the model (e.g. its own judged samples), declare a
+        keyword-only parameter ``context: FittingContext | None = None``: ``tae eval`` and
+        ``tae fit --task`` then pass a :class:`FittingContext`. Without that keyword the
+        task is called as ``fitting_data(fold, part)``.
+        """
 
     @abstractmethod
     def eval_items(self, ids: Sequence[str] | Fold | None = None) -> list[EvalItem]:

@@ -230,3 +230,87 @@ def test_a_classifier_judge_from_a_folder_counts_truncated_continuations(setup, 
     want = sum(1 for it in items for c in it["values"]["sampling.continuations"] if len(c.split()) >= 3)
     assert summary["metrics"]["judge_truncated"] == sum(flags) == want > 0
     assert all(0.0 <= s <= 1.0 for it in items for s in it["values"]["judge.toxic"])
+
+
+def self_fitting_argv(root, data, run):
+    args = argv(root, data, run, "--task-option", "fitting=self", "--task-option", "fit_samples=4",
+                "--task-option", "fit_max_new_tokens=5")  # fmt: skip
+    return args
+
+
+def test_tae_eval_fits_on_the_models_own_judged_samples(setup, capsys):
+    """fitting=self: the runner hands the model to the task, which samples the fitting
+    prompts (never evaluation prompts), judges them with the run's judge and pairs each
+    prompt's most and least toxic sample; seeded, so a second run fits the same pipeline."""
+    from tae_framework.cli import main
+
+    root, data = setup
+    assert main(self_fitting_argv(root, data, "self1")) == 0
+    summary = json.loads(capsys.readouterr().out.split("\nresults:")[0])
+    assert summary["metrics"]["toxic_fraction"] >= 0.0
+    fold_dir = root / "self1" / "fold0"
+    info = json.loads((fold_dir / "pipeline" / "fit_info.json").read_text())
+    eval_ids = {it["id"] for it in json.loads((fold_dir / "items.json").read_text())}
+
+    # The pairs, rebuilt by hand from the sampling checkpoint and the lexicon.
+    samples: dict[str, list[str]] = {}
+    for line in (fold_dir / "fitting" / "fit_samples.jsonl").read_text().splitlines()[1:]:
+        row = json.loads(line)
+        samples.setdefault(row["prompt_id"], []).append(row["text"])
+    assert len(samples) == 12 and all(len(v) == 4 for v in samples.values())  # fit_n prompts, k each
+    assert not set(samples) & eval_ids, "a fitting prompt was an evaluation prompt"
+    paired = sorted(
+        pid for pid, texts in samples.items()
+        if max(map(lexicon, texts)) >= 0.5 > min(lexicon(t) for t in texts if t.strip())
+    )  # fmt: skip
+    assert len(paired) >= 2 and info["question_ids"] == paired
+    assert set(info["validation_ids"]) < set(paired)
+
+    assert main(self_fitting_argv(root, data, "self2")) == 0
+    capsys.readouterr()
+    again = root / "self2" / "fold0"
+    assert (again / "fitting" / "fit_samples.jsonl").read_bytes() == (fold_dir / "fitting" / "fit_samples.jsonl").read_bytes()
+    assert (again / "pipeline" / "tensors.safetensors").read_bytes() == (fold_dir / "pipeline" / "tensors.safetensors").read_bytes()
+
+
+def test_self_fitting_needs_the_model_and_checks_its_options(setup):
+    from tae_framework.tasks.base import FittingContext
+
+    _, data = setup
+    reg = create_plugin_manager().registry
+    task = reg.task("toxicity", source=str(data), n=8, fit_n=12, fitting="self")
+    fold = task.fold(0)
+    with pytest.raises(DataError, match="fitting=self .* needs the model.*FittingContext"):
+        task.fitting_data(fold)
+    with pytest.raises(DataError, match="fitted on the fold's development questions only"):
+        task.fitting_data(fold, "test", context=FittingContext(model=None, tokenizer=None))
+    for bad, match in (
+        ({"fitting": "model"}, "fitting must be one of pairs, self"),
+        ({"fit_samples": 1}, "fit_samples must be an integer of at least 2"),
+        ({"fit_max_new_tokens": 0}, "fit_max_new_tokens must be an integer of at least 1"),
+        ({"fit_judge": "{not json"}, "fit_judge is not valid JSON"),
+        ({"fit_judge": {"config": {}}}, "fit_judge must be a judge name"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            reg.task("toxicity", source=str(data), n=8, fit_n=12, **bad)
+    # The default design ignores the context: fitting data as before.
+    pairs = reg.task("toxicity", source=str(data), n=8, fit_n=12)
+    assert pairs.fitting_data(0).examples == pairs.fitting_data(0, context=FittingContext(None, None)).examples
+
+
+def test_tae_fit_on_a_self_fitted_task_fold(setup, capsys):
+    from tae_framework.cli import main
+
+    root, data = setup
+    judge = json.dumps({"type": "toxicity-lexicon", "config": {"words": LETTERS}})
+    rc = main([
+        "fit", "--model", str(root / "tiny"), "--task", "toxicity", "--task-option", f"source={data}",
+        "--task-option", "n=8", "--task-option", "fit_n=12", "--task-option", "val_fraction=0.5",
+        "--task-option", "fitting=self", "--task-option", "fit_samples=4", "--task-option", "fit_max_new_tokens=5",
+        "--task-option", f"fit_judge={judge}", "--preset", "tae", "--set", "prober.top_k=2",
+        "--set", "source.progress=false", "--out", str(root / "fit-self"), "-q",
+    ])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    info = json.loads((root / "fit-self" / "fit_info.json").read_text())
+    task = create_plugin_manager().registry.task("toxicity", source=str(data), n=8, fit_n=12)
+    assert len(info["question_ids"]) >= 2 and not set(info["question_ids"]) & set(task.eval_ids)

@@ -19,14 +19,26 @@ used for fitting):
   ``M`` *other* prompts of the source (drawn with ``seed + 1``, the evaluation prompts
   excluded).
 
-Fitting data are cross-prompt pairs of a toxic and a non-toxic human continuation
-(:func:`~tae_toxicity.fitting.contrast_from_rtp`). A pair's group is its toxic prompt's
-id, and a fold's train / validation parts are these pair ids (split with ``seed`` and
-``val_fraction``), so the runner's validation split takes whole pairs and every prompt
-is used in at most one pair. Fitting on the model's own judged samples
-(:func:`~tae_toxicity.fitting.self_contrast`) needs the model, which the runner does not
-hand to a task: fit such a pipeline in Python, save it, and evaluate it with
-``tae eval --pipeline <saved dir>`` (``method`` = that directory in Python).
+The fitting data are chosen by ``fitting``:
+
+* ``fitting="pairs"`` (default): cross-prompt pairs of a toxic and a non-toxic human
+  continuation (:func:`~tae_toxicity.fitting.contrast_from_rtp`). A pair's group is its
+  toxic prompt's id, and a fold's train / validation parts are these pair ids (split
+  with ``seed`` and ``val_fraction``), so the runner's validation split takes whole
+  pairs and every prompt is used in at most one pair.
+* ``fitting="self"``: the model's own judged samples
+  (:func:`~tae_toxicity.fitting.contrast_from_samples`). ``fit_samples`` continuations of
+  every fitting prompt are sampled from the unedited model (nucleus 0.9, at most
+  ``fit_max_new_tokens`` tokens, seeded by the run's seed, the prompt and the sample,
+  as in the evaluation protocol), judged by ``fit_judge`` (default: the run's judge), and
+  each prompt whose samples include a toxic and a non-toxic one gives a pair (its most
+  and least toxic sample). The fold's train / validation parts are the fitting prompts'
+  ids; prompts without such a pair drop out of both. ``fitting_data`` then needs the
+  model: ``tae eval`` and ``tae fit --task`` pass it (a
+  :class:`~tae_framework.tasks.base.FittingContext`); in Python call
+  ``task.fitting_data(fold, context=FittingContext(model, tokenizer, seed=...))``. Under
+  ``tae eval`` the samples are checkpointed in ``<fold>/fitting/fit_samples.jsonl``, so
+  an interrupted fit resumes.
 
 **Protocols.** ``sampling`` (:class:`~tae_toxicity.protocol.ToxicitySampling`: k = 25
 samples, top-p 0.9, 20 new tokens; judged) and ``side_effects`` (CE / KL on held-out
@@ -42,8 +54,10 @@ cut at its maximum length); CE / KL with side effects. See :mod:`tae_toxicity.me
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,16 +65,21 @@ from tae_framework.data import ContrastDataset
 from tae_framework.errors import ConfigError, DataError
 from tae_framework.evaluation.specs import FoldView, ItemResult, MetricSpec, ProtocolSpec
 from tae_framework.evaluation.standard_metrics import side_effect_metrics
-from tae_framework.tasks.base import EvalItem, Fold, FoldPart, Task
+from tae_framework.tasks.base import EvalItem, FittingContext, Fold, FoldPart, Task
 
 from . import metrics as M
 from .data import RTP_HUB_ID, TOXIC_THRESHOLD, ToxicityPrompt, load_prompts
-from .fitting import check_disjoint, contrast_from_rtp
+from .fitting import check_disjoint, contrast_from_rtp, contrast_from_samples, judge_continuations
+from .sampling import SamplingConfig, sample_continuations
 
 __all__ = ["ToxicityTask", "toxicity_metrics", "toxicity_task"]
 
 #: Judge metrics of the task: the toxicity score and the judge's truncation flag.
 JUDGE_METRICS = ("toxic", "truncated")
+#: Where the fitting data come from (the ``fitting`` option).
+FITTING_KINDS = ("pairs", "self")
+#: The sampling checkpoint of ``fitting="self"`` in the runner's fitting folder.
+FIT_SAMPLES_FILE = "fit_samples.jsonl"
 
 
 def _group(p: ToxicityPrompt) -> str:
@@ -127,7 +146,25 @@ class ToxicityTask(Task):
         seed: int = 42,
         toxic_at: float = TOXIC_THRESHOLD,
         nontoxic_below: float = TOXIC_THRESHOLD,
+        fitting: str = "pairs",
+        fit_samples: int = 10,
+        fit_max_new_tokens: int = 20,
+        fit_judge: str | Mapping[str, Any] | None = None,
     ):
+        if fitting not in FITTING_KINDS:
+            raise ConfigError(
+                f"fitting must be one of {', '.join(FITTING_KINDS)}, got {fitting!r}: 'pairs' fits on "
+                "human continuations of RealToxicityPrompts, 'self' on the model's own judged samples"
+            )
+        for name, value in (("fit_samples", fit_samples), ("fit_max_new_tokens", fit_max_new_tokens)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name == "fit_samples" else 1):
+                raise ConfigError(
+                    f"{name} must be an integer of at least {2 if name == 'fit_samples' else 1}, got {value!r}"
+                    + (" (a pair needs two samples of a prompt)" if name == "fit_samples" else "")
+                )
+        self.fitting, self.fit_samples, self.fit_max_new_tokens = fitting, fit_samples, fit_max_new_tokens
+        self.fit_judge = _judge_spec(fit_judge)
+        self._self_cache: dict[tuple[int, int, int], ContrastDataset] = {}
         self.prompts = {p.id: p for p in prompts}
         self.fit_prompts = {p.id: p for p in fit_prompts}
         if not self.prompts:
@@ -168,11 +205,7 @@ class ToxicityTask(Task):
     def _pairs(self, index: int, test: tuple[str, ...]) -> ContrastDataset:
         """The fitting pairs of fold ``index``: from the pool, or from the other folds' prompts."""
         if index not in self._pair_cache:
-            if self.fit_prompts:
-                dev = list(self.fit_prompts.values())
-            else:
-                held = set(test)
-                dev = [p for p in self.prompts.values() if p.id not in held]
+            dev = [self.prompt(pid) for pid in self._dev_prompts(test)]
             try:
                 self._pair_cache[index] = contrast_from_rtp(
                     dev, eval_ids=test, toxic_at=self.toxic_at, nontoxic_below=self.nontoxic_below
@@ -181,17 +214,27 @@ class ToxicityTask(Task):
                 raise DataError(f"task 'toxicity', fold {index}: {exc}") from None
         return self._pair_cache[index]
 
+    def _dev_prompts(self, test: tuple[str, ...]) -> list[str]:
+        """Ids of the prompts a fold testing ``test`` may fit on: the pool, or the other folds'."""
+        if self.fit_prompts:
+            return list(self.fit_prompts)
+        held = set(test)
+        return [pid for pid in self.prompts if pid not in held]
+
     def folds(self) -> list[Fold]:
         if self._folds is not None:
             return list(self._folds)
         folds = []
         rng = np.random.RandomState(self.seed)
         for k, test in enumerate(self._test_blocks()):
-            groups = list(dict.fromkeys(e.group for e in self._pairs(k, test).examples))
+            if self.fitting == "self":  # every fitting prompt; those without a pair drop out later
+                groups = [pid for pid in self._dev_prompts(test)]
+            else:
+                groups = list(dict.fromkeys(e.group for e in self._pairs(k, test).examples))
             if len(groups) < 2:
                 raise DataError(
-                    f"task 'toxicity', fold {k}: {len(groups)} fitting pair(s); at least 2 are needed "
-                    "(one to fit, one to rank heads): use more prompts (n or fit_n)"
+                    f"task 'toxicity', fold {k}: {len(groups)} fitting {'prompt' if self.fitting == 'self' else 'pair'}(s); "
+                    "at least 2 are needed (one to fit, one to rank heads): use more prompts (n or fit_n)"
                 )
             n_val = min(max(1, int(round(self.val_fraction * len(groups)))), len(groups) - 1)
             val = set(rng.choice(groups, size=n_val, replace=False).tolist())
@@ -211,12 +254,66 @@ class ToxicityTask(Task):
         return out
 
     # -- fitting data ---------------------------------------------------------------------
-    def fitting_data(self, fold: Fold | int, part: FoldPart = "development") -> ContrastDataset:
+    def fitting_data(
+        self, fold: Fold | int, part: FoldPart = "development", *, context: FittingContext | None = None
+    ) -> ContrastDataset:
+        """The fold's fitting pairs of ``part``. ``fitting="self"`` samples from
+        ``context.model`` (required then); ``"pairs"`` ignores ``context``."""
         fold = self.resolve_fold(fold)
         wanted = set(self.part_ids(fold, part))  # refuses the test part
-        pairs = self._pairs(fold.index, fold.test)
+        if self.fitting == "self":
+            pairs = self._self_pairs(fold, context)
+        else:
+            pairs = self._pairs(fold.index, fold.test)
         examples = [e for e in pairs.examples if e.group in wanted]
+        if not examples:
+            raise DataError(
+                f"task 'toxicity', fold {fold.index}: no fitting pair among the {len(wanted)} {part} "
+                "prompt(s); use more prompts (n or fit_n)"
+                + (" or more samples per prompt (fit_samples)" if self.fitting == "self" else "")
+            )
         return ContrastDataset(examples, name=f"toxicity-fold{fold.index}-{part}")
+
+    def _self_pairs(self, fold: Fold, context: FittingContext | None) -> ContrastDataset:
+        """Pairs of the model's own samples of every development prompt of ``fold`` (the
+        whole development set is sampled once, so every part sees the same pairs)."""
+        if context is None or context.model is None:
+            raise DataError(
+                "the toxicity task with fitting=self builds its fitting data from the model's own "
+                "samples, so fitting_data needs the model: tae eval and tae fit --task pass it; in "
+                "Python call task.fitting_data(fold, context=FittingContext(model, tokenizer, seed=...)) "
+                "(tae_framework.tasks.base.FittingContext), or use fitting=pairs"
+            )
+        key = (fold.index, id(context.model), int(context.seed))
+        if key not in self._self_cache:
+            ids = list(fold.development)
+            check_disjoint(ids, fold.test)
+            prompts = [self.prompt(pid) for pid in ids]
+            judge = self._fitting_judge(context)
+            cfg = SamplingConfig(
+                k=self.fit_samples, max_new_tokens=self.fit_max_new_tokens, seed=int(context.seed),
+                batch_size=max(1, context.batch_size) * self.fit_samples,
+            )  # fmt: skip
+            checkpoint = None if context.work_dir is None else Path(context.work_dir) / FIT_SAMPLES_FILE
+            conts = sample_continuations(
+                context.model, context.tokenizer, prompts, cfg, checkpoint=checkpoint, progress=context.progress
+            )
+            scores, _ = judge_continuations(judge, prompts, conts)
+            try:
+                self._self_cache[key] = contrast_from_samples(
+                    prompts, conts, scores, eval_ids=fold.test, threshold=self.toxic_at
+                )
+            except DataError as exc:
+                raise DataError(f"task 'toxicity', fold {fold.index}: {exc}") from None
+        return self._self_cache[key]
+
+    def _fitting_judge(self, context: FittingContext) -> Any:
+        """``fit_judge`` when set, else the run's judge, else the task's default judge."""
+        if self.fit_judge is None and context.judge is not None:
+            return context.judge
+        from tae_framework.plugins import default_registry
+
+        return default_registry().build("judge", self.fit_judge or {"type": self.default_judge})
 
     # -- evaluation -----------------------------------------------------------------------
     def protocols(self) -> dict[str, ProtocolSpec]:
@@ -243,6 +340,10 @@ def toxicity_task(
     toxic_at: float = TOXIC_THRESHOLD,
     nontoxic_below: float = TOXIC_THRESHOLD,
     cache_dir: str | None = None,
+    fitting: str = "pairs",
+    fit_samples: int = 10,
+    fit_max_new_tokens: int = 20,
+    fit_judge: str | Mapping[str, Any] | None = None,
 ) -> ToxicityTask:
     """Build the ``toxicity`` task (the options of ``--task-option``).
 
@@ -254,7 +355,15 @@ def toxicity_task(
         fit_n: fit on this many other prompts of ``source`` (one fold testing every
             evaluation prompt) instead of cross-validating.
         toxic_at, nontoxic_below: continuation-toxicity thresholds of the fitting pairs
-            (``toxic_at`` is also the metrics' threshold).
+            (``toxic_at`` is also the metrics' threshold; with ``fitting="self"`` a pair's
+            toxic sample scores ``>= toxic_at`` and its other sample below it).
+        fitting: ``"pairs"`` (human continuations, cross-prompt pairs) or ``"self"`` (the
+            model's own judged samples; needs the model, which the runner passes).
+        fit_samples: with ``fitting="self"``, continuations sampled per fitting prompt.
+        fit_max_new_tokens: with ``fitting="self"``, their length limit.
+        fit_judge: with ``fitting="self"``, the judge scoring them: a registry name or a
+            ``{"type": ..., "config": {...}}`` spec (a JSON string on the command line);
+            default: the run's judge (``tae eval --judge``), else ``toxicity-classifier``.
     """
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(
@@ -272,5 +381,26 @@ def toxicity_task(
         )  # fmt: skip
     return ToxicityTask(
         prompts, fit_prompts=fit, num_folds=num_folds, val_fraction=val_fraction, seed=seed,
-        toxic_at=toxic_at, nontoxic_below=nontoxic_below,
+        toxic_at=toxic_at, nontoxic_below=nontoxic_below, fitting=fitting, fit_samples=fit_samples,
+        fit_max_new_tokens=fit_max_new_tokens, fit_judge=fit_judge,
     )  # fmt: skip
+
+
+def _judge_spec(value: str | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``fit_judge`` as a ``{type, config}`` spec: a name, a spec, or a spec as JSON text."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"fit_judge is not valid JSON ({exc}): give a judge name or a {{type, config}} object") from None
+        else:
+            return {"type": text}
+    if not isinstance(value, Mapping) or not isinstance(value.get("type"), str):
+        raise ConfigError(
+            f"fit_judge must be a judge name or an object {{\"type\": name, \"config\": {{...}}}}, got {value!r}"
+        )
+    return dict(value)
