@@ -200,6 +200,11 @@ class FixedStrength:
 
     name: ClassVar[str] = "fixed"
 
+    @property
+    def max_factor(self) -> float:
+        """The largest per-token factor the scales are multiplied by (1: none)."""
+        return 1.0
+
 
 @dataclass(frozen=True, eq=False)
 class AdaptiveStrength:
@@ -214,6 +219,12 @@ class AdaptiveStrength:
     use_p: bool = True
     use_u: bool = True
     use_base: bool = True
+
+    @property
+    def max_factor(self) -> float:
+        """The largest per-token factor ``w`` can reach (``p`` and ``u`` lie in [0, 1])."""
+        beta = float(self.beta)
+        return float(self.use_base) + (beta if self.use_p else 0.0) + ((1.0 - beta) if self.use_u else 0.0)
 
 
 StrengthRule = FixedStrength | AdaptiveStrength
@@ -258,6 +269,25 @@ class EditPlan:
     @property
     def num_targets(self) -> int:
         return sum(int(p.units.numel()) for p in self.layers)
+
+    def peak_edit(self) -> tuple[float, int, int]:
+        """``(value, layer, unit)``: the largest magnitude any single value of the edit can
+        reach, ``|scale * direction|`` times the strength rule's largest factor, and where.
+
+        Computed on the plan's own tensors (on the host when they are, as fitted plans
+        are): call it once per installation, not per forward pass.
+        """
+        best = (0.0, -1, -1)
+        factor = self.strength.max_factor
+        for p in self.layers:
+            if not p.units.numel():
+                continue
+            per_unit = (p.directions.float().abs().amax(dim=1) * p.scales.float().abs()) * factor
+            k = int(per_unit.argmax())
+            value = float(per_unit[k])
+            if value > best[0] or value != value:  # NaN wins: it is reported as such
+                best = (value, p.layer, int(p.units[k]))
+        return best
 
 
 def plan_values(obj: Any) -> list[Any]:

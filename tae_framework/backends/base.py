@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ..models.base import ModelAdapter
     from ..plan import EditPlan, EditScope
 
-__all__ = ["Backend", "ForwardContext"]
+__all__ = ["Backend", "ForwardContext", "check_edit_range", "usable_edit_limit"]
 
 _MISSING = object()
 
@@ -146,6 +146,67 @@ class Backend(ABC):
         record: bool = False,
     ) -> AbstractContextManager:
         """Return a context manager that edits ``model`` per ``plan`` within ``scope``."""
+
+
+#: Edited activations are squared in float32 by the models' normalisation layers
+#: (RMSNorm / LayerNorm): beyond this magnitude the square is inf whatever the dtype.
+_SQUARE_LIMIT = float(torch.finfo(torch.float32).max) ** 0.5
+
+
+def usable_edit_limit(dtype: torch.dtype) -> float:
+    """The largest magnitude an edit value may have on activations of ``dtype``: the
+    dtype's largest finite value, and at most ~1.8e19 (whose square still fits float32)."""
+    return min(float(torch.finfo(dtype).max), _SQUARE_LIMIT)
+
+
+def check_edit_range(
+    peak: tuple[float, int, int],
+    dtype: torch.dtype,
+    site: str,
+    strength: tuple[str, float] | None = None,
+    factor: float = 1.0,
+) -> None:
+    """Refuse an edit whose largest value (``peak`` from
+    :meth:`~tae_framework.plan.EditPlan.peak_edit`) does not fit activations of ``dtype``.
+
+    ``strength`` is ``(name, value)`` of the setting the scales grow with (the
+    intervener's ``("alpha", 15.0)``), to name its largest usable value; ``factor`` the
+    strength rule's largest per-token factor included in ``peak``. Host arithmetic only.
+
+    Raises:
+        ConfigError: the edit would make the activations inf (and every output NaN).
+    """
+    if not dtype.is_floating_point:
+        return
+    value, layer, unit = peak
+    limit = usable_edit_limit(dtype)
+    if value <= limit:
+        return
+    name = str(dtype).removeprefix("torch.")
+    why = (
+        f"{limit:.4g}, the largest value {name} holds"
+        if limit < _SQUARE_LIMIT
+        else f"{limit:.3g}, beyond which its square (taken in float32 by the model's normalisation layers) is inf"
+    )
+    what = "scale * direction" + (f" (times the per-token factor, up to {factor:g})" if factor != 1.0 else "")
+    fix = "lower the edit's scales"
+    if strength is not None:
+        key, current = strength
+        what = f"{key} * sigma * direction" + (f" * the per-token factor (up to {factor:g})" if factor != 1.0 else "")
+        if value == value and current:  # the scales grow linearly with it
+            fix = (
+                f"the largest usable {key} on this {name} model is at most about {abs(current) * limit / value:.3g} "
+                f"(it is {current:g} now): lower {key}"
+            )
+        else:
+            fix = f"lower {key}"
+    where = f"head {unit}" if site == "heads" else f"unit {unit} of the {site} site"
+    raise ConfigError(
+        f"the edit is too strong for {name} activations: its largest value, {what} = {value:.3g} "
+        f"at layer {layer}, {where}, exceeds {why}, so the edited activations would overflow "
+        f"and every output would be NaN; {fix}"
+        + ("" if dtype == torch.float32 or limit >= _SQUARE_LIMIT else ", or run the model in float32")
+    )
 
 
 def unsupported_signals(backend: str, signals: Any) -> ConfigError:

@@ -40,7 +40,7 @@ from ..plan import (
     ProbeLensSignals,
 )
 from ..types import Site, check_finite
-from .base import Backend, ForwardContext, unsupported_signals
+from .base import Backend, ForwardContext, check_edit_range, unsupported_signals
 
 __all__ = ["EditSession", "Modulator", "TorchHooksBackend", "count_taps", "install_plan", "is_installed"]
 
@@ -150,7 +150,13 @@ class EditSession:
         self.owner: Any = None
         #: How the owner's edit is named in the error.
         self.owner_label = "this edit"
+        #: ``(name, value)`` of the setting the edit's scales grow with (the intervener's
+        #: alpha), so a too-strong edit names its largest usable value; ``None``: unknown.
+        self.strength: tuple[str, float] | None = None
+        #: The largest per-token factor the modulator applies to the scales (1: none or unknown).
+        self.max_factor = 1.0
         self._registered = False
+        self._checked_dtypes: set[torch.dtype] = set()
         self._validate()
 
     @property
@@ -180,8 +186,15 @@ class EditSession:
                     f"but a {self.site} unit of this model has {info.unit_dim} values"
                 )
             check_finite(e.directions, f"edit directions of layer {layer}")
-            check_finite(e.scales, f"edit scales of layer {layer}")
+            if e.scales.is_floating_point() and not bool(torch.isfinite(e.scales).all()):
+                raise ConfigError(
+                    f"edit scales of layer {layer} are not finite ({e.scales.tolist()[:4]}): the strength "
+                    "(alpha * sigma) overflows float32, or the fitted sigmas are damaged; use a smaller "
+                    "alpha, or refit"
+                )
             self._dense[layer] = e.dense(info.num_units, info.unit_dim)
+        # Largest single value of the edit (before any per-token factor), on the host, once.
+        self._peak = EditPlan(str(self.site), tuple(self.edits.values())).peak_edit() if self.edits else (0.0, -1, -1)
         unknown = self.residual_layers - set(range(shape.num_layers))
         if unknown:
             raise ModelMismatchError(f"residual stream requested for missing layer(s) {sorted(unknown)}")
@@ -215,11 +228,22 @@ class EditSession:
             cached = self._span_cache[x.device] = mask.to(x.device, non_blocking=True)
         return cached
 
+    # -- range of the edit against the activations' dtype --------------------------------
+    def check_range(self, dtype: torch.dtype) -> None:
+        """Refuse an edit that would overflow activations of ``dtype`` (host arithmetic on
+        numbers computed at construction; each dtype checked once per session)."""
+        if dtype in self._checked_dtypes:
+            return
+        value, layer, unit = self._peak
+        check_edit_range((value * self.max_factor, layer, unit), dtype, str(self.site), self.strength, self.max_factor)
+        self._checked_dtypes.add(dtype)
+
     # -- tensors per device ----------------------------------------------------------
     def _weights(self, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         key = (layer, x.device, x.dtype)
         hit = self._device_cache.get(key)
         if hit is None:
+            self.check_range(x.dtype)  # activations of a dtype not seen at installation
             dense = self._dense[layer].to(device=x.device)
             hit = (dense.to(x.dtype), dense.sum(0).to(x.dtype))
             self._device_cache[key] = hit
@@ -311,6 +335,10 @@ class EditSession:
         try:
             modules = {i: self.adapter.site_module(self.model, i, self.site) for i in sorted(self.edits)}
             check_sites_placed(self.model, list(modules.values()), self.site)
+            # Once per installation: the edit must fit the dtype of the edited modules
+            # (their declared parameter dtype; no weight is read).
+            for dtype in {d for d in map(_float_dtype, modules.values()) if d is not None}:
+                self.check_range(dtype)
             for layer in sorted(self.residual_layers):
                 self._handles.append(
                     self.adapter.layer_module(self.model, layer).register_forward_pre_hook(
@@ -374,6 +402,14 @@ def _adaptive_modulator(rule: AdaptiveStrength, runtime: Any, per_layer: dict[in
     return modulator
 
 
+def _float_dtype(module: nn.Module) -> torch.dtype | None:
+    """The dtype of a module's first floating-point parameter (metadata only), if any."""
+    for p in module.parameters():
+        if p.dtype.is_floating_point:
+            return p.dtype
+    return None
+
+
 def install_plan(
     plan: EditPlan, model: nn.Module, adapter: Any, scope: EditScope | str = "last", record: bool = False
 ) -> EditSession:
@@ -398,6 +434,7 @@ def install_plan(
             modulator=_adaptive_modulator(rule, runtime, per_layer), residual_layers=residual, record=record,
         )  # fmt: skip
     session.plan = plan
+    session.max_factor = rule.max_factor
     return session
 
 

@@ -76,4 +76,8 @@ class Intervener(Component):
         from ..plan import EditScope
 
         scope = EditScope.coerce(scope)
-        return install_plan(self.plan(scope), model, adapter, scope, record=record)
+        session = install_plan(self.plan(scope), model, adapter, scope, record=record)
+        alpha = getattr(self.config, "alpha", None)
+        if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+            session.strength = ("alpha", float(alpha))  # the scales grow with it: name it in range errors
+        return session
