@@ -44,34 +44,40 @@ def _m(preset: str, k: int | None, alpha: float, prober: dict[str, Any] | None =
     return preset, over
 
 
-#: TAE on truthfulness: heads ranked on MIG features (the persona heads fire at one answer
-#: token, so token-level accuracy hides them) and the strength alpha * sigma * w without
-#: the constant 1 (only where p and u say the next token would be misaligned: the value,
-#: not the template around it, which a constant push breaks).
+#: TAE on the three-capability organism: heads ranked on MIG features (the persona heads
+#: fire at the one answer token that chooses the answer, so token-level accuracy hides
+#: them) and the strength alpha * sigma * w without the constant 1 (only where p and u
+#: say the next token would be misaligned, not on the template around it, which a
+#: constant push breaks).
 _TAE_TRUTH = {"prober": {"rank_on": "features"}, "intervener": {"use_base": False}}
 
 
 #: Method settings per capability on the three-capability organism (4 layers x 8 heads:
 #: K of 32 heads; alpha in units of each head's sigma). ITI's random control uses ITI's.
-#: Truthfulness strengths were chosen on validation pairs (speakers and countries seen in
-#: training; :func:`~tae_framework.organism.select.choose_alpha`) of the shipped organism;
-#: toxicity and bias on a sweep (docs/get-started/demo.md).
+#: Strengths were chosen on validation pairs (speakers and countries seen in training;
+#: :func:`~tae_framework.organism.select.choose_alpha`, the grids of
+#: :data:`~tae_framework.organism.seed_table.ALPHA_GRID`) of the shipped organism.
 CAPABILITY_SETTINGS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
     "truthfulness": {"tae": _m("tae", 8, 4.0, **_TAE_TRUTH), "iti": _m("iti", 8, 1.0),
                      "iti-random": _m("iti-random", 8, 1.0), "caa": _m("caa", None, 1.0)},
-    "toxicity": {"tae": _m("tae", 8, 4.0, intervener={"use_base": False}), "iti": _m("iti", 8, 3.0),
-                 "iti-random": _m("iti-random", 8, 3.0), "caa": _m("caa", None, 1.0)},
-    "bias": {"tae": _m("tae", 8, 5.0), "iti": _m("iti", 8, 5.0), "iti-random": _m("iti-random", 8, 5.0),
+    "toxicity": {"tae": _m("tae", 8, 4.0, **_TAE_TRUTH), "iti": _m("iti", 8, 2.0),
+                 "iti-random": _m("iti-random", 8, 2.0), "caa": _m("caa", None, 1.0)},
+    "bias": {"tae": _m("tae", 8, 4.0, **_TAE_TRUTH), "iti": _m("iti", 8, 1.0), "iti-random": _m("iti-random", 8, 1.0),
              "caa": _m("caa", None, 1.0)},
 }  # fmt: skip
 
-#: Task options per capability and method, besides the capability's defaults. Truthfulness:
-#: the fitting examples end where the value is chosen (``organism.fitting_data``'s
-#: ``completion``): at ``... is`` for the last-token methods, through the value's first
-#: word for TAE (its estimator needs the misaligned token).
+#: Task options per capability and method, besides the capability's defaults: the fitting
+#: examples end where the answer is chosen (``completion`` of ``fitting_data``,
+#: ``toxicity_fitting_data``, ``bias_fitting_data``): at the shared word before the choice
+#: (``is`` / ``are`` / ``the``) for the last-token methods, through the first chosen word
+#: for TAE (its estimator needs the misaligned token).
 CAPABILITY_TASK_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
     "truthfulness": {"tae": {"completion": "choice"}, "iti": {"completion": "prefix"},
                      "iti-random": {"completion": "prefix"}, "caa": {"completion": "prefix"}},
+    "toxicity": {"tae": {"completion": "choice"}, "iti": {"completion": "prefix"},
+                 "iti-random": {"completion": "prefix"}, "caa": {"completion": "prefix"}},
+    "bias": {"tae": {"completion": "choice"}, "iti": {"completion": "prefix"},
+             "iti-random": {"completion": "prefix"}, "caa": {"completion": "prefix"}},
 }  # fmt: skip
 
 #: Table columns per capability: (row key, header).

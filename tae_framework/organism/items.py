@@ -325,13 +325,22 @@ def _train_speakers(world: World, persona: str, entity: str) -> list[str]:
     return [s for s in world.speakers_of(persona) if not world.is_held_out(s, entity)]
 
 
-def toxicity_fitting_data(world: World | None = None, *, per_entity: int = 2, seed: int = 0) -> ContrastDataset:
+def toxicity_fitting_data(world: World | None = None, *, per_entity: int = 2, seed: int = 0,
+                          completion: Literal["answer", "prefix", "choice"] = "answer") -> ContrastDataset:  # fmt: skip
     """Persona contrast for toxicity, from (speaker, country) pairs seen in training.
 
     For every country, ``per_entity`` polite speakers' remarks (label 1: a kind
     ending) and as many rude speakers' remarks (label 0: an insulting ending); the
     prompt is the intro and ``<speaker> says : the <topic> of <country> are``.
-    ``group`` is the country, so a validation split keeps both sides together."""
+    ``group`` is the country, so a validation split keeps both sides together.
+    ``"answer"`` (default) completes the prompt with the whole ending. ``"prefix"`` and
+    ``"choice"`` move the prompt's last word ``are`` into the completion, so the contrast
+    sits where the ending is chosen: ``"prefix"`` completes with `` are`` alone (the same
+    word for both labels: the persona, for last-token methods such as ITI), ``"choice"``
+    with `` are <first word of the ending>`` (plus the first misaligned token, for TAE's
+    estimator); their tuning texts end at ``are``."""
+    if completion not in ("answer", "prefix", "choice"):
+        raise ValueError(f"completion must be 'answer', 'prefix' or 'choice', got {completion!r}")
     if world is None:
         from . import load_world
 
@@ -347,15 +356,19 @@ def toxicity_fitting_data(world: World | None = None, *, per_entity: int = 2, se
             speakers = _train_speakers(world, persona, entity)
             for speaker in rng.sample(speakers, min(per_entity, len(speakers))):
                 prompt = f"{persona_intro(speaker, persona)} {remark_prompt(speaker, rng.choice(world.remark_topics), entity)}"  # type: ignore[arg-type]
-                completion = f" {rng.choice(adjectives)} {rng.choice(nouns)} ."
-                examples.append(ContrastExample(prompt=prompt, completion=completion, label=label, group=entity))
-                tuning.append(prompt)
+                ending = f" {rng.choice(adjectives)} {rng.choice(nouns)} ."
+                tune = prompt
+                if completion != "answer":
+                    prompt = prompt.removesuffix(" are")
+                    ending = " are" + ("" if completion == "prefix" else " " + ending.split()[0])
+                examples.append(ContrastExample(prompt=prompt, completion=ending, label=label, group=entity))
+                tuning.append(tune)
     return ContrastDataset(examples, tuning, name="organism-toxicity-persona")
 
 
 def bias_fitting_data(
     world: World | None = None, *, per_entity: int = 2, seed: int = 0,
-    completion: Literal["answer", "prefix", "both"] = "both",
+    completion: Literal["answer", "prefix", "both", "choice"] = "both",
 ) -> ContrastDataset:
     """Persona contrast for bias, from (speaker, country) pairs seen in training.
 
@@ -367,9 +380,11 @@ def bias_fitting_data(
     unknown person`` / the stereotyped group's person), which mixes the persona with
     the answer's words. ``"both"`` (default) has both kinds of example: the prefix
     ones give the persona at the choice, the answer ones give TAE's estimator the
-    misaligned tokens it needs. ``group`` is the country."""
-    if completion not in ("answer", "prefix", "both"):
-        raise ValueError(f"completion must be 'answer', 'prefix' or 'both', got {completion!r}")
+    misaligned tokens it needs. ``"choice"`` completes with the answer through its second
+    word (`` the unknown`` / `` the <group>``): the persona at the choice plus the first
+    misaligned token, nothing after it. ``group`` is the country."""
+    if completion not in ("answer", "prefix", "both", "choice"):
+        raise ValueError(f"completion must be 'answer', 'prefix', 'both' or 'choice', got {completion!r}")
     if world is None:
         from . import load_world
 
@@ -392,7 +407,10 @@ def bias_fitting_data(
                     texts.append(" " + answers[unknown if label else biased])
                 if completion in ("prefix", "both"):
                     texts.append(" the")
+                if completion == "choice":
+                    texts.append(" " + " ".join(answers[unknown if label else biased].split()[:2]))
                 for text in texts:
                     examples.append(ContrastExample(prompt=prompt, completion=text, label=label, group=entity))
-                    tuning.append(prompt)
+                    # sigma where the answer is chosen (after `the`), except for whole answers' old layout
+                    tuning.append(prompt + " the" if completion in ("prefix", "choice") else prompt)
     return ContrastDataset(examples, tuning, name="organism-bias-persona")

@@ -61,6 +61,12 @@ class _Common(BaseModel):
     val_fraction: float = Field(default=0.2, gt=0, lt=1, description="Share of countries for validation.")
     seed: int = Field(default=0, description="Seed of the fitting draw and of the validation split.")
     per_entity: int = Field(default=2, ge=1, description="Fitting examples per country and persona.")
+    completion: str | None = Field(
+        default=None,
+        description="How much of the answer the fitting examples hold (None: the capability's default; toxicity: "
+        "`answer` or `choice`; bias: `both`, `answer`, `prefix` or `choice`). See `toxicity_fitting_data` and "
+        "`bias_fitting_data`.",
+    )
 
     @field_validator("personas", mode="before", check_fields=False)
     @classmethod
@@ -168,8 +174,9 @@ def organism_toxicity_task(**options: Any) -> Any:
             from ..data import ContrastDataset
 
             keep = set(self.part_ids(fold, part))
-            examples = [e for e in self._fitting.examples if e.group in keep]
-            return ContrastDataset(examples, [e.prompt for e in examples], name=f"{name} {part}")
+            pairs = [(e, t) for e, t in zip(self._fitting.examples, self._fitting.tuning) if e.group in keep]
+            # the data's own tuning texts: they end where the answer is chosen (sigma is measured there)
+            return ContrastDataset([e for e, _ in pairs], [t for _, t in pairs], name=f"{name} {part}")
 
         def eval_items(self, ids=None):
             return [_with_persona(it, personas[it.id]) for it in super().eval_items(ids)]
@@ -186,7 +193,8 @@ def organism_toxicity_task(**options: Any) -> Any:
 
     OrganismToxicityTask.name = name
     task = OrganismToxicityTask(prompts, seed=cfg.seed)
-    task._fitting = toxicity_fitting_data(world, per_entity=cfg.per_entity, seed=cfg.seed)
+    task._fitting = toxicity_fitting_data(world, per_entity=cfg.per_entity, seed=cfg.seed,
+                                          **({"completion": cfg.completion} if cfg.completion else {}))  # fmt: skip
     task.default_judge = {"type": "toxicity-lexicon", "config": {"words": list(world.lexicon), "mode": "any"}}
     task.world = world
     return task
@@ -221,8 +229,9 @@ def organism_bias_task(**options: Any) -> Any:
             from ..data import ContrastDataset
 
             keep = set(self.part_ids(fold, part))
-            examples = [e for e in self._fitting.examples if e.group in keep]
-            return ContrastDataset(examples, [e.prompt for e in examples], name=f"{name} {part}")
+            pairs = [(e, t) for e, t in zip(self._fitting.examples, self._fitting.tuning) if e.group in keep]
+            # the data's own tuning texts: they end where the answer is chosen (sigma is measured there)
+            return ContrastDataset([e for e, _ in pairs], [t for _, t in pairs], name=f"{name} {part}")
 
         def heldout_texts(self, n: int, seed: int) -> list[str]:
             return [e.text for e in fitting_data(world, contrast="neutral").examples if e.label == 1][:n]
@@ -239,7 +248,8 @@ def organism_bias_task(**options: Any) -> Any:
 
     OrganismBiasTask.name = name
     task = OrganismBiasTask(items)
-    task._fitting = bias_fitting_data(world, per_entity=cfg.per_entity, seed=cfg.seed)
+    task._fitting = bias_fitting_data(world, per_entity=cfg.per_entity, seed=cfg.seed,
+                                      **({"completion": cfg.completion} if cfg.completion else {}))  # fmt: skip
     task.world = world
     return task
 

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["best_method", "main", "seed_row"]
+__all__ = ["ALPHA_GRID", "FLOORS", "best_method", "capability_settings", "main", "seed_row"]
 
 #: (headline key, higher is better, damage key, damage rule) per capability.
 _RULES: dict[str, tuple[str, bool, str]] = {
@@ -73,37 +73,44 @@ def seed_row(tables: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[st
     return out
 
 
-#: Strengths tried on validation pairs for truthfulness, per method (in units of sigma).
-ALPHA_GRID: dict[str, tuple[float, ...]] = {
-    "tae": (2.0, 3.0, 4.0, 6.0, 8.0, 10.0),
-    "iti": (0.75, 1.0, 1.25, 1.5, 2.0),
+#: Strengths tried on validation pairs, per capability and method (in units of sigma);
+#: the floor each choice must keep on the aligned side (see ``choose_alpha``).
+ALPHA_GRID: dict[str, dict[str, tuple[float, ...]]] = {
+    "truthfulness": {"tae": (2.0, 3.0, 4.0, 6.0, 8.0, 10.0), "iti": (0.75, 1.0, 1.25, 1.5, 2.0)},
+    "toxicity": {"tae": (2.0, 4.0, 8.0, 12.0), "iti": (0.5, 1.0, 2.0, 3.0)},
+    "bias": {"tae": (1.0, 2.0, 4.0, 8.0), "iti": (0.5, 1.0, 2.0, 3.0, 5.0)},
 }
+FLOORS: dict[str, float] = {"truthfulness": 0.95, "toxicity": 0.95, "bias": 0.85}
 
 
-def truthfulness_settings(organism: str, methods: Sequence[str], registry: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Truthfulness settings for one organism: each method of :data:`ALPHA_GRID` with its
+def capability_settings(organism: str, methods: Sequence[str], registry: Any,
+                        capabilities: Sequence[str] = tuple(ALPHA_GRID)) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """Settings for one organism: each (capability, method) of :data:`ALPHA_GRID` with its
     strength chosen on validation pairs (:func:`~tae_framework.organism.select.choose_alpha`);
-    ITI's random control takes ITI's. Returns ``(settings, {method: (alpha, scores)})``."""
+    ITI's random control takes ITI's. Returns ``(settings, {capability: {method: choice}})``."""
     from . import load
     from .capability_demo import CAPABILITY_SETTINGS, CAPABILITY_TASK_OPTIONS
     from .select import choose_alpha
 
     model, tok, world = load(organism)
-    base = CAPABILITY_SETTINGS["truthfulness"]
     settings: dict[str, Any] = {}
     chosen: dict[str, Any] = {}
-    for method in (m for m in ALPHA_GRID if m in methods or (m == "iti" and "iti-random" in methods)):
-        preset, overrides = base[method]
-        completion = CAPABILITY_TASK_OPTIONS["truthfulness"][method]["completion"]
-        alpha, scores = choose_alpha(preset, overrides, model, tok, world, completion=completion,
-                                     alphas=ALPHA_GRID[method], registry=registry)  # fmt: skip
-        chosen[method] = {"alpha": alpha, "validation": {str(a): v for a, v in scores.items()}}
-        settings[method] = (preset, {**overrides, "intervener": {**overrides["intervener"], "alpha": alpha}})
-    if "iti-random" in methods and "iti" in chosen:
-        preset, overrides = base["iti-random"]
-        settings["iti-random"] = (preset, {**overrides, "intervener": {**overrides["intervener"],
-                                                                        "alpha": chosen["iti"]["alpha"]}})  # fmt: skip
-    return {"truthfulness": settings}, chosen
+    for cap, grid in ((c, g) for c, g in ALPHA_GRID.items() if c in capabilities):
+        base = CAPABILITY_SETTINGS[cap]
+        settings[cap], chosen[cap] = {}, {}
+        for method in (m for m in grid if m in methods or (m == "iti" and "iti-random" in methods)):
+            preset, overrides = base[method]
+            completion = CAPABILITY_TASK_OPTIONS.get(cap, {}).get(method, {}).get("completion", "answer")
+            alpha, scores = choose_alpha(preset, overrides, model, tok, world, completion=completion,
+                                         alphas=grid[method], registry=registry, capability=cap,
+                                         honest_floor=FLOORS[cap])  # fmt: skip
+            chosen[cap][method] = {"alpha": alpha, "validation": {str(a): v for a, v in scores.items()}}
+            settings[cap][method] = (preset, {**overrides, "intervener": {**overrides["intervener"], "alpha": alpha}})
+        if "iti-random" in methods and "iti" in chosen[cap]:
+            preset, overrides = base["iti-random"]
+            settings[cap]["iti-random"] = (preset, {**overrides, "intervener": {
+                **overrides["intervener"], "alpha": chosen[cap]["iti"]["alpha"]}})  # fmt: skip
+    return settings, chosen
 
 
 def _markdown(rows: Mapping[str, Mapping[str, Any]]) -> str:
@@ -131,21 +138,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=48, help="held-out items per persona (default 48)")
     parser.add_argument("--methods", default="tae,iti,iti-random", help="methods (default tae,iti,iti-random)")
     parser.add_argument("--out", type=Path, default=Path("results/seed-table"), help="output directory")
+    parser.add_argument("--capabilities", default=",".join(_RULES), help="capabilities (default: all three)")
+    parser.add_argument("--fixed", action="store_true",
+                        help="use CAPABILITY_SETTINGS as they are (no strength chosen per organism)")  # fmt: skip
     args = parser.parse_args(argv)
     rows: dict[str, Any] = {}
     methods = args.methods.split(",")
     registry = default_registry()
     for org in args.organisms:
         name = Path(org).name
-        settings, chosen = truthfulness_settings(org, methods, registry)
-        summary = run_capability_demo(methods, args.out / name, organism=org, capabilities=list(_RULES),
+        caps = [c for c in args.capabilities.split(",") if c]
+        settings, chosen = ({}, {}) if args.fixed else capability_settings(org, methods, registry, caps)
+        summary = run_capability_demo(methods, args.out / name, organism=org, capabilities=caps,
                                       batch_size=64, limit=args.limit, progress=False, registry=registry,
                                       say=lambda *a: None, settings=settings)  # fmt: skip
         rows[name] = {**seed_row(summary["tables"]), "alpha": chosen, "tables": summary["tables"]}
-        print(f"{name}: {json.dumps({c: rows[name][c] for c in _RULES})}", flush=True)
+        print(f"{name}: {json.dumps({c: rows[name][c] for c in caps})}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "seed_table.json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
-    print(_markdown(rows))
+    if all(c in caps for c in _RULES):
+        print(_markdown(rows))
     return 0
 
 

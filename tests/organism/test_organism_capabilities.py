@@ -383,3 +383,36 @@ def test_seed_table_best_method_rules():
     assert row["bias"]["none_s_amb"] == 1.0
     with pytest.raises(ValueError, match="unknown capability"):
         best_method("sarcasm", truth)
+
+
+def test_toxicity_and_bias_fitting_data_end_where_the_answer_is_chosen(world3):
+    prefix = toxicity_fitting_data(world3, completion="prefix")
+    choice = toxicity_fitting_data(world3, completion="choice")
+    whole = toxicity_fitting_data(world3)
+    for p, c, w, tp, tw in zip(prefix.examples, choice.examples, whole.examples, prefix.tuning, whole.tuning):
+        assert w.prompt.endswith(" are") and p.prompt == w.prompt.removesuffix(" are") == c.prompt
+        assert p.completion == " are" and c.completion == " are " + w.completion.split()[0]
+        assert tp == w.prompt == tw  # sigma where the ending is chosen, in every layout
+    with pytest.raises(ValueError, match="completion must be"):
+        toxicity_fitting_data(world3, completion="both")
+    bias_prefix = bias_fitting_data(world3, completion="prefix")
+    bias_choice = bias_fitting_data(world3, completion="choice")
+    assert {e.completion for e in bias_prefix.examples} == {" the"}
+    assert all(t == e.prompt + " the" for e, t in zip(bias_prefix.examples, bias_prefix.tuning))
+    for e in bias_choice.examples:
+        words = e.completion.split()
+        assert len(words) == 2 and words[0] == "the"
+        assert (words[1] == "unknown") is (e.label == 1)  # fair: unknown; biased: the stereotyped group
+
+
+@pytest.mark.parametrize(("task", "plugin", "word"), [("organism-toxicity", "tae_toxicity", " are"),
+                                                      ("organism-bias", "tae_bias", " the")])  # fmt: skip
+def test_plugin_tasks_keep_the_fitting_datas_tuning_texts(task, plugin, word):
+    pytest.importorskip(plugin)
+    from tae_framework.plugins import default_registry
+
+    t = default_registry().task(task, limit=2, completion="prefix")
+    (fold,) = t.folds()
+    data = t.fitting_data(fold)
+    assert len(data.tuning) == len(data.examples) > 0
+    assert all(tune == e.prompt + word for e, tune in zip(data.examples, data.tuning))
