@@ -241,7 +241,8 @@ def validation_groups(task_name: str, fold: Fold, data: ContrastDataset) -> list
     present = list(dict.fromkeys(e.group for e in data.examples if e.group is not None))
     val = set(fold.val)
     kept = [g for g in present if g in val]
-    if not kept or len(kept) == len(present):
+    ungrouped = any(e.group is None for e in data.examples)  # fitted on, never validation
+    if not kept or (len(kept) == len(present) and not ungrouped):
         raise DataError(
             f"task '{task_name}', fold {fold.index}: the fitting data have {len(kept)} of the fold's "
             f"{len(fold.val)} validation unit(s) and {len(present) - len(kept)} training unit(s); "
