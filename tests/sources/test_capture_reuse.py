@@ -10,11 +10,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tae_framework import AlignmentPipeline
 from tae_framework.models.generic import GenericAdapter
 from tae_framework.sources import hf as hf_module
 from tae_framework.sources import reuse
+from tae_framework.sources.base import ActivationSource
 from tae_framework.sources.hf import HFActivationSource, capture_all
 from tae_framework.testing.models import tiny_model
+from tae_framework.types import TextActivations
 
 PROMPTS = ["Q: Is the sky blue? A:", "Q: 2+2? A:", "Q: Name a colour that is not red. A:", "Q: Hi A:"]
 ANSWERS = [" Yes.", " 4", " Green, or perhaps blue.", " Hello there"]
@@ -220,3 +223,41 @@ def test_a_short_capture_is_not_kept_and_the_weights_not_hashed(forwarded, monke
     forwarded.clear()
     capture(src, model, tok, long_texts[:1], layers=[0])  # served: hashed to check the weights
     assert (forwarded, len(hashed)) == ([], 2)
+
+
+class PlainCapture(ActivationSource):
+    """A fit's reference capture: every call runs the whole model on each text alone."""
+
+    name = "plain-reference"
+
+    def capture(self, model, tokenizer, texts, spans=None, layers=None, site="heads", adapter=None):
+        layers = list(range(model.config.num_hidden_layers)) if layers is None else [int(x) for x in layers]
+        for i, text in enumerate(texts):
+            enc = tokenizer(text, return_offsets_mapping=True)
+            span = (0, len(enc["input_ids"]))
+            if spans is not None:
+                s, e = spans[i]
+                hits = [k for k, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < e and b > s]
+                span = (hits[0], hits[-1] + 1)
+            acts = reference(model, tokenizer, text, layers)
+            yield [TextActivations(i, acts, torch.tensor(enc["input_ids"]), span, tuple(layers))]
+
+
+def test_a_fit_runs_the_model_once_per_text_and_saves_the_reference_fits_tensors(forwarded, tmp_path):
+    model, tok = tiny_model("llama")
+    rows = []
+    for g in range(12):
+        q = f"Q: is {chr(97 + g)} big? A:"
+        rows.append({"prompt": q, "completion": f" yes {g} .", "label": 1, "group": f"q{g}"})
+        rows.append({"prompt": q, "completion": f" no {g} wait .", "label": 0, "group": f"q{g}"})
+    settings = {"prober": {"top_k": 3}, "intervener": {"alpha": 4.0}, "source": {"progress": False}}
+    ours = AlignmentPipeline.from_preset("tae", **settings).fit(model, tok, rows)
+    # Three capture passes, but the model ran once per text: the prompts and the training
+    # texts were served from the first pass.
+    assert sorted(i for b in forwarded for i in b) == list(range(len(rows)))
+    plain = AlignmentPipeline.from_preset("tae", **settings)
+    plain.source = PlainCapture()
+    plain.fit(model, tok, rows)
+    plain.source = ours.source
+    a, b = ours.save(tmp_path / "ours"), plain.save(tmp_path / "plain")
+    assert (a / "tensors.safetensors").read_bytes() == (b / "tensors.safetensors").read_bytes()
