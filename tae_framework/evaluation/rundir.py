@@ -24,6 +24,7 @@ import torch
 
 from .._io import atomic_write_bytes
 from .._version import __version__
+from ..artifact import FIT_INFO_FILE  # written beside a saved pipeline; save() knows it
 from ..errors import ArtifactError, ConfigError
 from ..registry import Registry
 
@@ -50,7 +51,6 @@ __all__ = [
 
 RUN_FILE = "run.json"
 FOLD_FILE = "fold.json"
-FIT_INFO_FILE = "fit_info.json"
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 
