@@ -95,13 +95,17 @@ def _encode(tokenizer, texts: list[str], spans, max_length: int | None) -> _Enco
             "AutoTokenizer.from_pretrained(..., use_fast=True)"
         )
     try:
-        enc = tokenizer(texts, return_offsets_mapping=True, add_special_tokens=True)
+        # Only what is used: offsets when there are spans to map, no masks or type ids.
+        enc = tokenizer(
+            texts, return_offsets_mapping=spans is not None, add_special_tokens=True,
+            return_attention_mask=False, return_token_type_ids=False,
+        )  # fmt: skip
     except NotImplementedError as exc:
         raise ConfigError(
             f"{type(tokenizer).__name__} cannot return offsets ({exc}); use a fast tokenizer"
         ) from None
     all_ids = [list(x) for x in enc["input_ids"]]
-    all_offsets = enc["offset_mapping"]
+    all_offsets = enc["offset_mapping"] if spans is not None else [None] * len(all_ids)
     token_spans: list[tuple[int, int]] = []
     for i, (ids, offsets) in enumerate(zip(all_ids, all_offsets)):
         if not ids:
