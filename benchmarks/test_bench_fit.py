@@ -20,7 +20,8 @@ What is measured (``pytest benchmarks/test_bench_fit.py --benchmark-enable -s``)
   organism: largest |u_half - u_exact| at every edited layer over 96 deceptive prompts,
   and the share of identical greedy generations.
 
-Under the default ``--benchmark-disable`` the same checks run with fewer repeats.
+Under the default ``--benchmark-disable`` the same checks run with fewer repeats; the
+identity checks are asserted, the ratios only reported.
 """
 
 from __future__ import annotations
@@ -217,7 +218,8 @@ def test_fit_against_a_plain_reference_capture(request, organism):
         f"whole fit ratio (min / min) {ratio:.2f}x; tensors.safetensors byte-identical "
         f"(sha256 {organism['digest'][:16]}...)",
     )
-    assert ratio >= (1.3 if _benchmarking_enabled(request.config) else 1.0)
+    if _benchmarking_enabled(request.config):  # timings of a short run are only reported
+        assert ratio >= 1.3
 
 
 def _estimator_design(inputs, label_match):
@@ -268,7 +270,8 @@ def test_estimator_fit_with_and_without_the_pool_limit(request, organism, benchm
     )
     benchmark.extra_info["estimator_pool_limit_speedup"] = ratio
     benchmark.pedantic(lambda: TokenMisalignmentEstimator(**est_cfg.model_dump()).fit(inputs), rounds=1, iterations=1)
-    assert ratio >= (2.0 if _benchmarking_enabled(request.config) else 1.0)
+    if _benchmarking_enabled(request.config):  # timings of a short run are only reported
+        assert ratio >= 2.0
 
 
 def test_half_precision_lens_on_the_organism(request, organism):
