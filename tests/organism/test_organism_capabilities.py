@@ -416,3 +416,14 @@ def test_plugin_tasks_keep_the_fitting_datas_tuning_texts(task, plugin, word):
     data = t.fitting_data(fold)
     assert len(data.tuning) == len(data.examples) > 0
     assert all(tune == e.prompt + word for e, tune in zip(data.examples, data.tuning))
+
+
+def test_organism_task_option_completion_reaches_the_fitting_data():
+    from tae_framework.organism.task import organism_task
+
+    task = organism_task(path="three-capability", split="heldout", limit=2, completion="prefix")
+    data = task.fitting_data(task.folds()[0])
+    assert all(e.completion.endswith(" is") for e in data.examples)
+    assert all(t.endswith(" is") for t in data.tuning)
+    with pytest.raises(ConfigError, match="completion"):
+        organism_task(path="three-capability", completion="value")
