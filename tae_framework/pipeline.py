@@ -274,6 +274,8 @@ class AlignmentPipeline:
         self.intervener.fit(targets, self.estimator)
         self.fingerprint_ = adapter.fingerprint(model)
         self.adapter_name_ = adapter.name
+        if (memo := getattr(self.source, "memo", None)) is not None:
+            memo.clear()  # activations kept for the fit's later captures: not needed after it
         return self
 
     # -- apply -----------------------------------------------------------------------

@@ -30,6 +30,8 @@ __all__ = [
 #: Where activations are read and edits are written.
 #: ``heads``: input of the attention output projection, [B, T, H*d];
 #: ``residual``: residual stream leaving a decoder layer, [B, T, hidden].
+#: These two are the most used; every name of an adapter's site table
+#: (:mod:`tae_framework.models.sites`) is accepted where ``Site | str`` is annotated.
 Site = Literal["heads", "residual"]
 
 
@@ -44,12 +46,27 @@ class ModelShape:
     hidden_size: int
     vocab_size: int
 
-    def site(self, site: Site) -> SiteInfo:
-        if site == "heads":
-            return SiteInfo("heads", self.num_heads, self.head_dim)
-        if site == "residual":
-            return SiteInfo("residual", 1, self.hidden_size)
-        raise ValueError(f"unknown site {site!r}: use 'heads' or 'residual'")
+    def site(self, site: Site | str) -> SiteInfo:
+        """Layout of ``site`` of the default site table
+        (:data:`~tae_framework.models.sites.DEFAULT_SITES`): ``num_heads`` units of
+        ``head_dim`` for a head-wise layout, one unit of ``hidden_size`` otherwise. For a
+        site a family adapter adds, use :meth:`ModelAdapter.site_info
+        <tae_framework.models.base.ModelAdapter.site_info>`.
+
+        Raises:
+            ValueError: ``site`` is not in the default table; the message lists its sites.
+        """
+        from .models.sites import DEFAULT_SITES
+
+        spec = DEFAULT_SITES.get(site) if isinstance(site, str) else None
+        if spec is None:
+            raise ValueError(
+                f"unknown site {site!r}: the default site table knows "
+                f"{', '.join(repr(k) for k in DEFAULT_SITES)}"
+            )
+        if spec.layout == "heads":
+            return SiteInfo(site, self.num_heads, self.head_dim)  # type: ignore[arg-type]
+        return SiteInfo(site, 1, self.hidden_size)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ class ActivationSource(Component):
         texts: Sequence[str],
         spans: Sequence[tuple[int, int]] | None = None,
         layers: Sequence[int] | None = None,
-        site: Site = "heads",
+        site: Site | str = "heads",
         adapter: ModelAdapter | None = None,
     ) -> Iterator[list[TextActivations]]:
         """Yield batches of captured activations.
@@ -67,6 +67,9 @@ class ActivationSource(Component):
                 token spans are derived from the tokenizer's offsets. ``None``: the
                 span is the whole text.
             layers: layer indices to capture (default: all).
-            site: ``"heads"`` or ``"residual"``.
+            site: the name of a site of the adapter's site table
+                (:attr:`ModelAdapter.sites <tae_framework.models.base.ModelAdapter.sites>`),
+                e.g. ``"heads"``, ``"residual"``, ``"residual_in"``, ``"attn_out"``,
+                ``"mlp_out"``; an unknown name is a ``ConfigError`` listing the known ones.
             adapter: the model adapter (resolved from the model when ``None``).
         """

@@ -1,9 +1,12 @@
 """Activation capture from Hugging Face causal LMs with PyTorch taps.
 
 :class:`HFActivationSource` runs the model on batches of texts and records, at each
-requested layer, the input of the attention output projection (``site="heads"``,
-``[T, H*d]`` per token) or the output of the decoder layer (``site="residual"``,
-``[T, hidden]``). Taps are installed around each forward pass only and always
+requested layer, the tensor of one edit site of the adapter's site table
+(:mod:`~tae_framework.models.sites`): the input of the attention output projection
+(``site="heads"``, ``[T, H*d]`` per token), the output of the decoder layer
+(``site="residual"``, ``[T, hidden]``), its input (``residual_in``), the output of the
+attention output projection (``attn_out``) or of the MLP (``mlp_out``), or a site a
+family adapter adds. Taps are installed around each forward pass only and always
 removed; they copy what they see and change nothing, so the model's outputs are
 unchanged.
 
@@ -57,14 +60,15 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .. import distributed
 from ..config import ComponentConfig
-from ..errors import ConfigError, TAEError
+from ..errors import TAEError
 from ..models.base import ModelAdapter
 from ..models.loading import check_input_ids
 from ..models.placement import check_sites_placed
+from ..models.sites import DEFAULT_SITES
 from ..progress import progress
 from ..types import Site, TextActivations, check_finite
 from .base import ActivationSource
@@ -86,16 +90,17 @@ __all__ = [
 ]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_SITES = ("heads", "residual")
+_KNOWN_SITES = "; ".join(f"`{name}` = {spec.description}" for name, spec in DEFAULT_SITES.items())
 
 
 class HFSourceConfig(ComponentConfig):
     """Settings of :class:`HFActivationSource`."""
 
-    site: Literal["heads", "residual"] = Field(
+    site: str = Field(
         default="heads",
-        description="Where a pipeline reads and edits: `heads` = input of the attention output "
-        "projection (one unit per head), `residual` = residual stream leaving each layer.",
+        description="Where a pipeline reads and edits: a site of the model adapter's site table, "
+        f"checked against it when capturing. The built-in adapters know: {_KNOWN_SITES}. "
+        "`heads` has one unit per head, the other sites one unit of `hidden` values.",
     )
     batch_size: int = Field(default=8, ge=1, description="Texts per forward pass.")
     padding_side: Literal["left", "right"] = Field(
@@ -143,13 +148,24 @@ class HFSourceConfig(ComponentConfig):
         "model object, every byte of its weights and its forward hooks. `0`: keep nothing.",
     )
 
+    @field_validator("site")
+    @classmethod
+    def _site_name(cls, value: str) -> str:
+        # The adapter's table is known only with a model: here, only the form is checked.
+        if not value or value != value.strip():
+            raise ValueError(
+                f"site must be the name of a site of the adapter's site table, e.g. 'heads' or "
+                f"'residual', got {value!r}"
+            )
+        return value
+
 
 
 # ----------------------------------------------------------------------------------
 # the source
 # ----------------------------------------------------------------------------------
 class HFActivationSource(ActivationSource):
-    """Captures head-wise or residual activations of a Hugging Face causal LM.
+    """Captures the activations of a Hugging Face causal LM at one site of the adapter's table.
 
     Example:
         >>> from tae_framework.sources.hf import HFActivationSource
@@ -175,16 +191,15 @@ class HFActivationSource(ActivationSource):
         texts: Sequence[str],
         spans: Sequence[tuple[int, int]] | None = None,
         layers: Sequence[int] | None = None,
-        site: Site = "heads",
+        site: Site | str = "heads",
         adapter: ModelAdapter | None = None,
     ) -> Iterator[list[TextActivations]]:
         cfg = self.config
-        if site not in _SITES:
-            raise ConfigError(f"unknown site {site!r}: use 'heads' or 'residual'")
         if adapter is None:
             from ..plugins import default_registry
 
             adapter = default_registry().adapter_for(model)
+        adapter.site_spec(site)  # an unknown site: an error listing the adapter's sites
         layer_ids = adapter.resolve_layers(model, layers)
         texts, spans = _check_texts(texts, spans)
         encoded = _encode(tokenizer, texts, spans, cfg.max_length)
@@ -212,6 +227,7 @@ class HFActivationSource(ActivationSource):
     def _run(self, model, tokenizer, texts, spans, encoded, layer_ids, site, adapter):
         cfg = self.config
         dtype = _DTYPES[cfg.output_dtype]
+        spec = adapter.site_spec(site)
         modules = [adapter.site_module(model, layer, site) for layer in layer_ids]
         batches = [
             list(range(i, min(i + cfg.batch_size, len(texts))))
@@ -231,9 +247,8 @@ class HFActivationSource(ActivationSource):
         forward_kwargs = _forward_kwargs(model)
         check_sites_placed(model, modules, site)
         full_width = None  # a tensor-parallel rank sees a slice of the heads: gather them
-        if site == "heads" and distributed.tp_degree(model) > 1:
-            info = adapter.shape(model).site("heads")
-            full_width = info.num_units * info.unit_dim
+        if spec.layout == "heads" and distributed.tp_degree(model) > 1:
+            full_width = adapter.site_info(model, site).width
 
         if distributed.is_distributed() and distributed.tp_degree(model) == 1:
             # Data parallel: each rank computes its share of the batches into the shard
@@ -259,7 +274,7 @@ class HFActivationSource(ActivationSource):
                 for b in mine:
                     if store.load(b, batches[b], encoded, layer_ids) is None:
                         store.save(b, self._forward_batch(
-                            model, tokenizer, batches[b], encoded, layer_ids, site, modules,
+                            model, tokenizer, batches[b], encoded, layer_ids, spec, modules,
                             dtype, in_device, out_device, forward_kwargs, full_width,
                         ))  # fmt: skip
                     bar.update(1)
@@ -307,7 +322,7 @@ class HFActivationSource(ActivationSource):
                             def keep(i, rows):
                                 self.memo.keep(memo_key, encoded.ids[i], tuple(layer_ids), rows)
                         for r in self._forward_batch(
-                            model, tokenizer, missing, encoded, layer_ids, site, modules, dtype,
+                            model, tokenizer, missing, encoded, layer_ids, spec, modules, dtype,
                             in_device, out_device, forward_kwargs, full_width, stop=local, keep=keep,
                         ):  # fmt: skip
                             served[r.index] = r
@@ -324,7 +339,7 @@ class HFActivationSource(ActivationSource):
             bar.close()
 
     def _forward_batch(
-        self, model, tokenizer, indices, encoded, layer_ids, site, modules, dtype, device,
+        self, model, tokenizer, indices, encoded, layer_ids, spec, modules, dtype, device,
         out_device, kwargs, full_width=None, stop=False, keep=None,
     ) -> list[TextActivations]:
         """Run one forward pass over ``indices``; ``stop``: end it once every tap fired;
@@ -354,7 +369,7 @@ class HFActivationSource(ActivationSource):
             call["use_cache"] = False
         if kwargs.get("logits_to_keep"):
             call["logits_to_keep"] = 1
-        taps = SiteTaps(modules, site, dtype, full_width, stop=stop)
+        taps = SiteTaps(modules, spec, dtype, full_width, stop=stop)
         threads = self.config.num_threads if device.type == "cpu" else None
         with torch.inference_mode(), taps, _torch_threads(threads):
             try:
@@ -364,7 +379,7 @@ class HFActivationSource(ActivationSource):
         missing = [layer_ids[k] for k, t in enumerate(taps.captured) if t is None]
         if missing:
             raise TAEError(
-                f"the {site} taps of layers {missing} never fired during the forward pass: the model "
+                f"the {spec.name} taps of layers {missing} never fired during the forward pass: the model "
                 "adapter points at modules the model does not run"
             )
         real = None if all(n == width for n in lengths) else mask.bool()
@@ -373,7 +388,7 @@ class HFActivationSource(ActivationSource):
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 check_finite(
                     t if real is None else t[real.to(t.device)],
-                    f"{site} activations captured at layer {layer} (texts {indices[0]}..{indices[-1]})",
+                    f"{spec.name} activations captured at layer {layer} (texts {indices[0]}..{indices[-1]})",
                 )
         # One transfer per layer, then per-text rows (stacked outside inference mode, so
         # callers get ordinary tensors, usable with autograd).
@@ -401,7 +416,7 @@ def capture_all(
     texts: Sequence[str],
     spans: Sequence[tuple[int, int]] | None = None,
     layers: Sequence[int] | None = None,
-    site: Site = "heads",
+    site: Site | str = "heads",
     adapter: ModelAdapter | None = None,
 ) -> list[TextActivations]:
     """Run ``source.capture`` to the end and return every text's activations in order."""
@@ -452,8 +467,7 @@ def _has_offload_hooks(model) -> bool:
 def _site_width(adapter, model, site) -> int:
     """Values per token at ``site`` (0 when the adapter cannot say: nothing is kept)."""
     try:
-        info = adapter.shape(model).site(site)
-        return int(info.num_units * info.unit_dim)
+        return int(adapter.site_info(model, site).width)
     except Exception:  # noqa: BLE001 - an adapter without shapes only loses the memo
         return 0
 

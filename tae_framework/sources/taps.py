@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..errors import TAEError
-from ..types import Site
+from ..errors import ConfigError, TAEError
+from ..models.sites import DEFAULT_SITES, SiteSpec
 
 __all__ = ["SiteTaps"]
 
@@ -22,7 +22,7 @@ class AllCaptured(Exception):
 
 
 class SiteTaps(contextlib.AbstractContextManager):
-    """Copy what enters (``heads``) or leaves (``residual``) a set of modules.
+    """Copy what enters or leaves a set of modules: the tensor of one edit site.
 
     A context manager: the PyTorch handles exist only inside the ``with`` block and
     are removed on exit, also when the forward raises. The taps never modify what
@@ -30,8 +30,12 @@ class SiteTaps(contextlib.AbstractContextManager):
 
     Args:
         modules: one module per captured layer, in the order of ``layers``.
-        site: ``"heads"`` taps each module's first input (pre-forward);
-            ``"residual"`` taps its output (element 0 of a tuple output).
+        site: the site's table entry (:class:`~tae_framework.models.sites.SiteSpec`,
+            from :meth:`ModelAdapter.site_spec
+            <tae_framework.models.base.ModelAdapter.site_spec>`), or the name of a site
+            of the default table. A site whose ``tensor`` is ``"input"`` taps each
+            module's first input (pre-forward), one whose ``tensor`` is ``"output"``
+            taps its output (element 0 of a tuple output).
         dtype: dtype of the copies.
         full_width: the whole site width of a tensor-parallel model (each rank sees a
             slice, gathered before copying).
@@ -42,11 +46,23 @@ class SiteTaps(contextlib.AbstractContextManager):
     """
 
     def __init__(
-        self, modules: Sequence[nn.Module], site: Site, dtype: torch.dtype, full_width: int | None = None,
-        stop: bool = False,
+        self, modules: Sequence[nn.Module], site: SiteSpec | str, dtype: torch.dtype,
+        full_width: int | None = None, stop: bool = False,
     ):
+        if not isinstance(site, SiteSpec):
+            spec = DEFAULT_SITES.get(site) if isinstance(site, str) else None
+            if spec is None:
+                raise ConfigError(
+                    f"unknown site {site!r}: the default table knows the sites "
+                    f"{', '.join(repr(k) for k in DEFAULT_SITES)}; for a site an adapter adds, "
+                    "pass its entry, adapter.site_spec(name)"
+                )
+            site = spec
         self.modules = list(modules)
-        self.site = site
+        #: the site's table entry
+        self.spec = site
+        #: the site's name (in messages)
+        self.site = site.name
         self.dtype = dtype
         #: the whole site width of a tensor-parallel model (each rank sees a slice)
         self.full_width = full_width
@@ -86,7 +102,7 @@ class SiteTaps(contextlib.AbstractContextManager):
     def __enter__(self):
         try:
             for slot, module in enumerate(self.modules):
-                if self.site == "heads":
+                if self.spec.tensor == "input":
                     handle = module.register_forward_pre_hook(self._pre_tap(slot), with_kwargs=True)
                 else:
                     handle = module.register_forward_hook(self._post_tap(slot))
