@@ -381,7 +381,7 @@ def section_deviation(model, adapter, interveners, prompts, exact_tokens, args):
     for v in ("tae_exact", *LENS_VARIANTS):
         with torch.inference_mode(), session(interveners, v, model, adapter, "all", record=True) as s:
             model(input_ids=ids, use_cache=False, logits_to_keep=1)
-        signals = s.context.signals if hasattr(s, "context") else s.state["signals"]
+        signals = s.context.signals
         rec[v] = {layer: u.float() for layer, _, u in signals}
     out = {}
     for v in LENS_VARIANTS:

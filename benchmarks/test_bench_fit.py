@@ -291,7 +291,7 @@ def test_half_precision_lens_on_the_organism(request, organism):
     mask = enc["attention_mask"].bool()
     gaps = [
         float((a[..., 0][mask] - b[..., 0][mask]).abs().max())
-        for (_, _, a), (_, _, b) in zip(s_exact.state["signals"], s_half.state["signals"])
+        for (_, _, a), (_, _, b) in zip(s_exact.context.signals, s_half.context.signals)
     ]
     gen_exact = exact.generate(model, tok, prompts, max_new_tokens=8, batch_size=64)
     gen_half = half.generate(model, tok, prompts, max_new_tokens=8, batch_size=64)

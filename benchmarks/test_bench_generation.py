@@ -289,7 +289,7 @@ def test_lens_deviation_from_exact(setup, record_property, mode):
         with shared.install(model, adapter, "all", record=True) as b:
             model(ids)
     gaps, worst = {}, {}
-    for (layer, _, u1), (_, _, u2) in zip(a.state["signals"], b.state["signals"]):
+    for (layer, _, u1), (_, _, u2) in zip(a.context.signals, b.context.signals):
         gaps[layer] = float((u1 - u2).abs().mean())
         worst[layer] = float((u1 - u2).abs().max())
     first = min(gaps)
