@@ -9,15 +9,21 @@ checksum saved with it, so a damaged or hand-edited artifact is an
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from ._io import atomic_save_safetensors, atomic_write_bytes
 from ._version import __version__
 from .component import tensor_sha256
 from .errors import ArtifactError, ConfigError, UnknownComponentError
@@ -38,6 +44,7 @@ __all__ = [
     "stale_framework_files",
     "state_sha256",
     "tensors_match",
+    "write_pipeline",
 ]
 
 CONFIG_FILE = "config.json"
@@ -162,6 +169,66 @@ def stale_framework_files(directory: Path, written: set[str]) -> list[Path]:
     stale = [directory / name for name in PIPELINE_FILES if name not in written and (directory / name).exists()]
     stale += sorted(p for p in directory.glob(f".{directory.name}.tmp-*") if p.is_dir())
     return stale
+
+
+
+def write_pipeline(
+    directory: Path, doc: dict[str, Any], tensors: dict[str, torch.Tensor], overwrite: bool
+) -> Path:
+    """Write a pipeline's ``config.json`` (``doc``) and ``tensors.safetensors`` to
+    ``directory`` (see :meth:`~tae_framework.pipeline.AlignmentPipeline.save`): both files
+    complete in a temporary folder first, then renamed into place; the previous
+    pipeline's other framework files go, the user's files stay; the same pipeline saved
+    again changes nothing."""
+    payload = json.dumps(doc, indent=2, sort_keys=True)
+    cfg_path = directory / CONFIG_FILE
+    if directory.is_dir() and (cfg_path.exists() or (directory / TENSORS_FILE).exists()):
+        same = False
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            same = cfg_path.read_text() == payload and tensors_match(directory / TENSORS_FILE, doc)
+        if same:
+            return directory  # this very pipeline is already saved there (its fit_info.json still holds)
+        if not overwrite:
+            raise ArtifactError(
+                f"{directory} already holds a saved pipeline: nothing was written. Pass "
+                "overwrite=True (tae fit --overwrite) to replace it, or save to another directory"
+            )
+    metadata = {"format": str(FORMAT_VERSION)}
+    exists = directory.is_dir()
+    try:
+        # Both files are written completely in a temporary folder first: a failed write
+        # (disk full, permissions) leaves any previous artifact as it was.
+        parent = directory if exists else directory.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
+        try:
+            atomic_save_safetensors(tmp / TENSORS_FILE, tensors, metadata)
+            atomic_write_bytes(tmp / CONFIG_FILE, payload.encode("utf-8"))
+            if exists:
+                # The previous pipeline's other framework files (fit_info.json, which
+                # describes its fit, and folders of an interrupted save) go first; the
+                # user's own files stay. Then the tensors: the checksums in the old
+                # config.json make a crash between the two renames a load error, never
+                # a wrong pipeline.
+                for stale in stale_framework_files(directory, {CONFIG_FILE, TENSORS_FILE}):
+                    if stale.is_dir():
+                        if stale != tmp:
+                            shutil.rmtree(stale)
+                    else:
+                        stale.unlink()
+                os.replace(tmp / TENSORS_FILE, directory / TENSORS_FILE)
+                os.replace(tmp / CONFIG_FILE, cfg_path)
+            else:
+                os.rename(tmp, directory)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:
+        raise ArtifactError(
+            f"cannot save the pipeline to {directory} ({exc.strerror or exc}); choose a "
+            "writable directory"
+        ) from None
+    return directory
 
 
 def state_sha256(components: dict[str, Any]) -> str:

@@ -16,13 +16,9 @@ validating artifacts lives in :mod:`tae_framework.artifact`).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ._io import atomic_save_safetensors, atomic_write_bytes
 from ._log import get_logger
 from ._version import __version__
 from .aggregators.base import GraphAggregator
@@ -39,15 +34,14 @@ from .artifact import (
     FORMAT_VERSION,
     TENSORS_FILE,
     check_save_target,
-    stale_framework_files,
     state_sha256,
-    tensors_match,
+    write_pipeline,
 )
 from .component import Component, tensor_sha256
 from .config import ComponentSpec, PipelineConfig
 from .data import ContrastDataset
 from .editing import EditScope, EditSession, is_installed
-from .errors import ArtifactError, ConfigError, DataError, TAEError
+from .errors import ConfigError, DataError, TAEError
 from .estimators.base import MisalignmentEstimator
 from .interveners.base import Intervener
 from .models.base import ModelAdapter, check_fingerprint
@@ -503,55 +497,7 @@ class AlignmentPipeline:
             "tensor_sha256": {key: tensor_sha256(value) for key, value in sorted(tensors.items())},
             "state_sha256": state_sha256(components),
         }
-        payload = json.dumps(doc, indent=2, sort_keys=True)
-        cfg_path = directory / CONFIG_FILE
-        if directory.is_dir() and (cfg_path.exists() or (directory / TENSORS_FILE).exists()):
-            same = False
-            with contextlib.suppress(OSError, UnicodeDecodeError):
-                same = cfg_path.read_text() == payload and tensors_match(directory / TENSORS_FILE, doc)
-            if same:
-                return directory  # this very pipeline is already saved there (its fit_info.json still holds)
-            if not overwrite:
-                raise ArtifactError(
-                    f"{directory} already holds a saved pipeline: nothing was written. Pass "
-                    "overwrite=True (tae fit --overwrite) to replace it, or save to another directory"
-                )
-        metadata = {"format": str(FORMAT_VERSION)}
-        exists = directory.is_dir()
-        try:
-            # Both files are written completely in a temporary folder first: a failed write
-            # (disk full, permissions) leaves any previous artifact as it was.
-            parent = directory if exists else directory.parent
-            parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
-            try:
-                atomic_save_safetensors(tmp / TENSORS_FILE, tensors, metadata)
-                atomic_write_bytes(tmp / CONFIG_FILE, payload.encode("utf-8"))
-                if exists:
-                    # The previous pipeline's other framework files (fit_info.json, which
-                    # describes its fit, and folders of an interrupted save) go first; the
-                    # user's own files stay. Then the tensors: the checksums in the old
-                    # config.json make a crash between the two renames a load error, never
-                    # a wrong pipeline.
-                    for stale in stale_framework_files(directory, {CONFIG_FILE, TENSORS_FILE}):
-                        if stale.is_dir():
-                            if stale != tmp:
-                                shutil.rmtree(stale)
-                        else:
-                            stale.unlink()
-                    os.replace(tmp / TENSORS_FILE, directory / TENSORS_FILE)
-                    os.replace(tmp / CONFIG_FILE, cfg_path)
-                else:
-                    os.rename(tmp, directory)
-            finally:
-                if tmp.exists():
-                    shutil.rmtree(tmp, ignore_errors=True)
-        except OSError as exc:
-            raise ArtifactError(
-                f"cannot save the pipeline to {directory} ({exc.strerror or exc}); choose a "
-                "writable directory"
-            ) from None
-        return directory
+        return write_pipeline(directory, doc, tensors, overwrite)
 
     @classmethod
     def load(cls, directory: str | Path, registry: Registry | None = None) -> AlignmentPipeline:

@@ -10,7 +10,7 @@ import pytest
 from hardening_support import FAST, contrast_records, snapshot
 
 from tae_framework import AlignmentPipeline
-from tae_framework import pipeline as pipeline_module
+from tae_framework import artifact as artifact_module
 from tae_framework.errors import ArtifactError
 
 
@@ -102,7 +102,7 @@ def test_a_save_failing_half_way_leaves_the_old_artifact_intact(fitted, other, t
     def disk_full(path, data):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pipeline_module, "atomic_write_bytes", disk_full)
+    monkeypatch.setattr(artifact_module, "atomic_write_bytes", disk_full)
     with pytest.raises(ArtifactError, match="No space left on device"):
         other.save(target, overwrite=True)
     assert snapshot(target) == before
