@@ -30,6 +30,7 @@ from torch import nn
 from .. import distributed
 from ..errors import ConfigError, ModelMismatchError, TAEError
 from ..models.placement import check_sites_placed
+from ..models.sites import register_tap
 from ..plan import (
     AdaptiveStrength,
     BoundSignals,
@@ -346,11 +347,8 @@ class EditSession:
                     )
                 )
             for layer, mod in modules.items():
-                if self.spec.tensor == "input":
-                    h = mod.register_forward_pre_hook(self._input_tap(layer), with_kwargs=True)
-                else:
-                    h = mod.register_forward_hook(self._output_tap(layer))
-                self._handles.append(h)
+                tap = register_tap(mod, self.spec, self._input_tap(layer), self._output_tap(layer))
+                self._handles.append(tap)
         except BaseException:
             self.remove()
             raise

@@ -21,9 +21,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
-__all__ = ["DEFAULT_SITES", "SiteSpec"]
+__all__ = ["DEFAULT_SITES", "SiteSpec", "register_tap"]
 
 
 @dataclass(frozen=True)
@@ -81,3 +81,14 @@ DEFAULT_SITES: Mapping[str, SiteSpec] = _table(
         "output of the layer's MLP (before the residual add), [B, T, hidden]",
     ),
 )  # fmt: skip
+
+
+def register_tap(module: Any, spec: SiteSpec, input_tap: Any, output_tap: Any) -> Any:
+    """Register the tap that sees ``spec``'s tensor on ``module`` (the module the site's
+    ``locate`` returned) and return its removable handle: ``input_tap`` as a forward
+    pre-hook with keyword arguments for an input site, ``output_tap`` as a forward hook
+    for an output site. Capture and the PyTorch-hook backend both install their taps
+    through this one rule."""
+    if spec.tensor == "input":
+        return module.register_forward_pre_hook(input_tap, with_kwargs=True)
+    return module.register_forward_hook(output_tap)

@@ -11,7 +11,7 @@ from torch import nn
 
 from .. import distributed
 from ..errors import ConfigError, TAEError
-from ..models.sites import DEFAULT_SITES, SiteSpec
+from ..models.sites import DEFAULT_SITES, SiteSpec, register_tap
 
 __all__ = ["SiteTaps"]
 
@@ -102,11 +102,9 @@ class SiteTaps(contextlib.AbstractContextManager):
     def __enter__(self):
         try:
             for slot, module in enumerate(self.modules):
-                if self.spec.tensor == "input":
-                    handle = module.register_forward_pre_hook(self._pre_tap(slot), with_kwargs=True)
-                else:
-                    handle = module.register_forward_hook(self._post_tap(slot))
-                self._handles.append(handle)
+                self._handles.append(
+                    register_tap(module, self.spec, self._pre_tap(slot), self._post_tap(slot))
+                )
         except BaseException:
             self.remove()
             raise
