@@ -29,19 +29,14 @@ from tae_framework.plan import (
     plan_values,
 )
 from tae_framework.testing.checks import synthetic_targets
+from tae_framework.testing.data import toy_contrast
 from tae_framework.testing.models import tiny_model
 
 IDS = torch.tensor([[1, 5, 9, 13, 17], [1, 7, 8, 30, 31]])
 
 
 def records(n_groups=12):
-    rows = []
-    for g in range(n_groups):
-        q = f"Q: where is {chr(97 + g)}? A:"
-        rows.append({"prompt": q, "completion": f" in {g} town .", "label": 1, "group": g})
-        rows.append({"prompt": q, "completion": f" in {g + 3} city .", "label": 0, "group": g})
-        rows.append({"prompt": q, "completion": f" at {g} sea .", "label": 0, "group": g})
-    return rows
+    return toy_contrast(n_groups, near_miss=True)
 
 
 @pytest.fixture(scope="module")

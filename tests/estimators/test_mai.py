@@ -16,6 +16,7 @@ from tae_framework.estimators.mai import TokenMisalignmentEstimator, token_label
 from tae_framework.evaluation.scoring import greedy_generate
 from tae_framework.functional import DEFAULT_ENTROPY_GAIN
 from tae_framework.testing.checks import synthetic_targets
+from tae_framework.testing.data import toy_contrast
 from tae_framework.testing.models import tiny_model
 from tae_framework.types import EstimatorInputs, TokenSequence
 
@@ -23,13 +24,7 @@ OVR = {"prober": {"top_k": 4}, "intervener": {"alpha": 6.0}}
 
 
 def records(n_groups=12):
-    rows = []
-    for g in range(n_groups):
-        q = f"Q: where is {chr(97 + g)}? A:"
-        rows.append({"prompt": q, "completion": f" in {g} town .", "label": 1, "group": g})
-        rows.append({"prompt": q, "completion": f" in {g + 3} city .", "label": 0, "group": g})
-        rows.append({"prompt": q, "completion": f" at {g} sea .", "label": 0, "group": g})
-    return rows
+    return toy_contrast(n_groups, near_miss=True)
 
 
 @pytest.fixture(scope="module")

@@ -9,19 +9,14 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from tae_framework import AlignmentPipeline
+from tae_framework.testing.data import toy_contrast
 from tae_framework.testing.models import tiny_model
 
 TEXTS = ["Q: where is c? A: in 2 town .", "Q: where is k? A: at 9 sea . Q: and b?"]
 
 
 def records(n_groups=12):
-    rows = []
-    for g in range(n_groups):
-        q = f"Q: where is {chr(97 + g)}? A:"
-        rows.append({"prompt": q, "completion": f" in {g} town .", "label": 1, "group": g})
-        rows.append({"prompt": q, "completion": f" in {g + 3} city .", "label": 0, "group": g})
-        rows.append({"prompt": q, "completion": f" at {g} sea .", "label": 0, "group": g})
-    return rows
+    return toy_contrast(n_groups, near_miss=True)
 
 
 @pytest.fixture(scope="module")
