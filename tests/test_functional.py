@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from tae_framework import _histogram_mi
 from tae_framework import functional as F
 from tae_framework.errors import ConfigError, DataError
 
@@ -214,7 +215,7 @@ def test_mi_worker_threads_give_identical_results(monkeypatch):
     x[1, 4] *= 0.0  # a constant token among them
     x[2, :, :3] *= 40.0  # heavy tails: few occupied bins, small compacted histograms
     one = F.mutual_information_matrix(x, bins=30, num_threads=1, max_elements=400)
-    monkeypatch.setattr(F, "_MIN_SAMPLES_PER_THREAD", 1)  # start workers even for this size
+    monkeypatch.setattr(_histogram_mi, "_MIN_SAMPLES_PER_THREAD", 1)  # start workers even for this size
     threads_before = torch.get_num_threads()
     for threads in (2, 3):
         many = F.mutual_information_matrix(x, bins=30, num_threads=threads, max_elements=400)
