@@ -50,17 +50,18 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # runnable without installing the package
     sys.path.insert(0, str(REPO))
 
+if str(Path(__file__).parent) not in sys.path:  # its helper modules beside it
+    sys.path.insert(0, str(Path(__file__).parent))
+
 import torch  # noqa: E402
+from gpu_decode_loop import GraphDecoder, greedy_eager  # noqa: E402
+from gpu_decode_report import GRAPH_VARIANTS, LENS_VARIANTS, VARIANTS, fmt_table  # noqa: E402, F401
 
 from tae_framework.estimators.mai import TokenMisalignmentEstimator  # noqa: E402
 from tae_framework.interveners.adaptive import AdaptiveIntervener  # noqa: E402
 from tae_framework.interveners.fixed import FixedIntervener  # noqa: E402
 from tae_framework.models.families import BUILTIN_ADAPTERS  # noqa: E402
 from tae_framework.types import EditTargets  # noqa: E402
-
-VARIANTS = ("none", "fixed", "tae_p_only", "tae_exact", "tae_f16", "tae_fp8", "tae_shared")
-LENS_VARIANTS = ("tae_f16", "tae_fp8", "tae_shared")
-GRAPH_VARIANTS = ("none", "fixed", "tae_p_only", "tae_exact", "tae_f16", "tae_fp8", "tae_shared")
 
 MODELS = {
     # Llama-3-8B's widths and vocabulary, 8 of its 32 layers
@@ -234,109 +235,6 @@ def session(interveners, variant, model, adapter, scope="last", record=False):
 
 
 # -- decoding ---------------------------------------------------------------------------------
-def _dynamic_cache(model):
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(config=model.config)
-    except TypeError:
-        return DynamicCache()
-
-
-def _static_cache(model, max_len):
-    from transformers import StaticCache
-
-    return StaticCache(config=model.config, max_cache_len=max_len)
-
-
-def _cache_kwarg(model) -> str:
-    """transformers renamed ``past_key_values`` to ``cache`` (5.2x); use what this one takes."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _forward(model, ids, cache, positions):
-    b = ids.shape[0]
-    kw = model.__dict__.get("_bench_cache_kw") or model.__dict__.setdefault("_bench_cache_kw", _cache_kwarg(model))
-    out = model(input_ids=ids, cache_position=positions, position_ids=positions[None].expand(b, -1),
-                use_cache=True, logits_to_keep=1, **{kw: cache})
-    return out.logits[:, -1].argmax(-1)
-
-
-def greedy_eager(model, prompt, new_tokens, timer, static=False):
-    """Greedy decode with the KV cache; returns (new tokens [B, N], decode seconds for
-    the N - 1 one-token forwards after the prefill)."""
-    p = prompt.shape[1]
-    cache = _static_cache(model, p + new_tokens) if static else _dynamic_cache(model)
-    pos = torch.arange(p + new_tokens, device=prompt.device)
-    tok = _forward(model, prompt, cache, pos[:p])
-    out = [tok]
-    timer.start()
-    for i in range(new_tokens - 1):
-        tok = _forward(model, tok[:, None], cache, pos[p + i : p + i + 1])
-        out.append(tok)
-    seconds = timer.stop()
-    return torch.stack(out, 1), seconds
-
-
-class GraphDecoder:
-    """One decode step (one token per row, static KV cache) captured in a CUDA graph
-    with whatever edit session is active during :meth:`capture`; replayed per token.
-
-    The captured edit stays in the graph after the session exits: the graph, not the
-    hooks, is what runs. On a CPU ``capture`` only records the step function (no graph)."""
-
-    def __init__(self, model, batch, prompt_len, new_tokens, device):
-        self.model, self.p, self.n = model, prompt_len, new_tokens
-        self.cache = _static_cache(model, prompt_len + new_tokens)
-        self.ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
-        self.pos = torch.zeros(1, dtype=torch.long, device=device)
-        self.all_pos = torch.arange(prompt_len + new_tokens, device=device)
-        self.graph = None
-        self.cuda = device.type == "cuda"
-
-    def _step(self):
-        return _forward(self.model, self.ids, self.cache, self.pos)
-
-    def _prefill(self, prompt):
-        self.cache.reset()
-        return _forward(self.model, prompt, self.cache, self.all_pos[: self.p])
-
-    def capture(self, prompt, graph=True):
-        self._prefill(prompt)  # allocates the cache tensors and each tap's device copies
-        self.pos.fill_(self.p)
-        if not (graph and self.cuda):
-            return
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                self._step()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = self._step()
-        torch.cuda.synchronize()
-
-    def generate(self, prompt, timer):
-        tok = self._prefill(prompt)
-        out = [tok]
-        timer.start()
-        for i in range(self.n - 1):
-            self.ids.copy_(tok[:, None])
-            self.pos.fill_(self.p + i)
-            if self.graph is not None:
-                self.graph.replay()
-                tok = self.out.clone()
-            else:
-                tok = self._step()
-            out.append(tok)
-        seconds = timer.stop()
-        return torch.stack(out, 1), seconds
-
-
-# -- sections ----------------------------------------------------------------------------------
 def section_eager(model, adapter, interveners, prompts, args, timer):
     """Interleaved repeats of every variant at every batch size."""
     res = {}
@@ -531,76 +429,6 @@ def _fp8_mode(model, adapter, device):
     with torch.inference_mode():
         lens(torch.randn(2, lens.w8.shape[1], device=device, dtype=model.dtype))
     return str(lens.mode)
-
-
-def fmt_table(results: dict) -> str:
-    lines = []
-    for name, r in results["models"].items():
-        lines.append(f"== {name}: {r.get('shape')}")
-        for sec in ("eager", "deviation", "graph", "breaks"):
-            if "skipped" in r.get(sec, {}):
-                lines.append(f"  {sec}: skipped, {r[sec]['skipped']}")
-        eager = r.get("eager", {})
-        if "error" in eager:
-            lines.append(f"  eager: ERROR {eager['error']}")
-        for bkey, row in eager.items():
-            if not bkey.startswith("batch"):
-                continue
-            lines.append(f"  eager decode, {bkey}: ms/token median [min-max], vs none, vs fixed")
-            for v in VARIANTS:
-                s = row["ms_per_token"][v]
-                lines.append(f"    {v:<11} {s['median']:8.3f} [{s['min']:.3f}-{s['max']:.3f}]"
-                             f"  x{row['vs_none'][v]:.3f}  x{row['vs_fixed'][v]:.3f}")
-            oh = row["lens_overhead_ms"]
-            lines.append("    lens overhead ms (over p only): " + ", ".join(f"{k} {v:.3f}" for k, v in oh.items()))
-            lines.append("    overhead / exact's: " + ", ".join(
-                f"{k} {'n/a' if v is None else f'{v:.2f}'}" for k, v in row["lens_overhead_vs_exact"].items())
-                + "  (target <= 0.5)")
-            lines.append("    tokens identical to exact: " + ", ".join(
-                f"{k} {v:.3f}" for k, v in row["tokens_identical_to_exact"].items()))
-        dev = r.get("deviation", {})
-        if "error" in dev:
-            lines.append(f"  deviation: ERROR {dev['error']}")
-        for v in LENS_VARIANTS:
-            if v in dev:
-                d = dev[v]
-                lines.append(f"  u vs exact {v:<10} max {d['max_abs_u_gap']:.2e} mean {d['mean_abs_u_gap']:.2e}"
-                             f" within 1e-3: {d['u_within_1e-3']}")
-        if "fp8_lens_mode" in dev:
-            lines.append(f"  fp8 lens product: {dev['fp8_lens_mode']}")
-        graph = r.get("graph", {})
-        if "error" in graph:
-            lines.append(f"  graph: ERROR {graph['error']}")
-        for bkey, row in graph.items():
-            if not bkey.startswith("batch"):
-                continue
-            lines.append(f"  CUDA graph, {bkey}: ms/token eager dynamic cache, eager static cache, graph; "
-                         "speed-up vs static, vs dynamic; tokens == eager static")
-            for v in GRAPH_VARIANTS:
-                e = row.get(v, {})
-                if "error" in e:
-                    lines.append(f"    {v:<11} ERROR {e['error'][:300]}")
-                    continue
-                lines.append(f"    {v:<11} {e['eager_dynamic_ms_per_token']['median']:8.3f} "
-                             f"{e['eager_static_ms_per_token']['median']:8.3f} "
-                             f"{e['graph_ms_per_token']['median']:8.3f}  x{e['speedup']:.2f} "
-                             f"x{e['speedup_vs_eager_dynamic']:.2f}  {e['tokens_identical_to_eager_static']}"
-                             f" ({e['fraction_identical_to_eager_static']:.3f}; captured: {e['captured']})")
-            for key, label in (("graph_vs_none", "graphed vs graphed none"), ("graph_vs_fixed", "graphed vs graphed fixed")):
-                if key in row:
-                    lines.append(f"    {label}: " + ", ".join(f"{k} x{v:.3f}" for k, v in row[key].items()))
-            if "graph_lens_overhead_vs_exact" in row:
-                lines.append("    graphed lens overhead ms: " + ", ".join(
-                    f"{k} {v:.3f}" for k, v in row["graph_lens_overhead_ms"].items()) + "; / exact's: " + ", ".join(
-                    f"{k} {'n/a' if v is None else f'{v:.2f}'}" for k, v in row["graph_lens_overhead_vs_exact"].items())
-                    + "  (target <= 0.5)")
-        brk = r.get("breaks", {})
-        if "error" in brk:
-            lines.append(f"  breaks: ERROR {brk['error']}")
-        for v in GRAPH_VARIANTS:
-            if v in brk:
-                lines.append(f"  dynamo graph breaks of a decode step, {v}: {brk[v]['breaks']} {brk[v]['reasons']}")
-    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
