@@ -6,13 +6,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._io import atomic_write_bytes
 from ..component import tensor_sha256
 from ..errors import ConfigError
 from ..models.base import model_fingerprint
@@ -82,7 +82,7 @@ class _ShardStore:
         with contextlib.suppress(OSError, ValueError):
             current = json.loads(path.read_text())
         if current != manifest:
-            _atomic_write(path, json.dumps(manifest, indent=1, sort_keys=True).encode())
+            atomic_write_bytes(path, json.dumps(manifest, indent=1, sort_keys=True).encode())
         return store
 
     def path(self, b: int) -> Path:
@@ -102,7 +102,7 @@ class _ShardStore:
             "layers": json.dumps(list(acts[0].layers)),
             "sha256": json.dumps({k: tensor_sha256(t) for k, t in sorted(tensors.items())}),
         }
-        _atomic_write(self.path(b), save(tensors, metadata=meta))
+        atomic_write_bytes(self.path(b), save(tensors, metadata=meta))
 
     def load(self, b: int, indices: list[int], encoded: _Encoded, layer_ids: list[int]):
         path = self.path(b)
@@ -146,16 +146,3 @@ class _ShardStore:
                 raise ValueError(f"text {i} has activations of shape {tuple(acts.shape)}")
             out.append(TextActivations(i, acts, ids, encoded.spans[i], tuple(layer_ids)))
         return out
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
