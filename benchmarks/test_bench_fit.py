@@ -33,6 +33,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from bench_report import say as _say
 from sklearn.linear_model import LogisticRegression
 
 from tae_framework import AlignmentPipeline
@@ -48,12 +49,6 @@ def _benchmarking_enabled(config: pytest.Config) -> bool:
     return bool(config.getoption("benchmark_enable")) or not config.getoption("benchmark_disable")
 
 
-def _say(config: pytest.Config, line: str) -> None:
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(line)
 
 
 def _spread(times: list[float]) -> str:

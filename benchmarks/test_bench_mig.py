@@ -30,6 +30,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from bench_report import say as _say
 
 from tae_framework.functional import mig_pool
 
@@ -122,12 +123,6 @@ def _activations(shape) -> np.ndarray:
     return acts
 
 
-def _say(config: pytest.Config, line: str) -> None:
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(line)
 
 
 @pytest.fixture(scope="module")
